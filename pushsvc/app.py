@@ -1,0 +1,124 @@
+"""`create_app(settings) -> Quart`: wires broker, hub and routes; owns their lifecycle."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import multiprocessing
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from quart import Quart, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from .broker import create_broker
+from .config import Settings
+from .errors import ApiError
+from .hub import Hub
+from .logs import configure as configure_logging
+from .metrics import Metrics
+from .routes import ops, pages, publish, stream
+from .runtime import Runtime
+
+log = logging.getLogger("pushsvc.app")
+
+
+def _templates_dir() -> str:
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "templates", here / "templates"):
+        if (candidate / "index.html").is_file():
+            return str(candidate)
+    return str(here / "templates")
+
+
+class SingleProcessGuard:
+    """The embedded broker cannot cross processes: refuse a second worker of one server."""
+
+    def __init__(self) -> None:
+        self._file: Any = None
+
+    def acquire(self) -> None:
+        parent = multiprocessing.parent_process()
+        if parent is None or parent.pid is None:
+            return  # not a worker of a multi-process server
+        path = Path(tempfile.gettempdir()) / f"pushsvc-embedded-{parent.pid}.lock"
+        self._file = open(path, "w")  # noqa: SIM115 - held for the process lifetime
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                "the embedded broker (no PUSHSVC_REDIS_URL) works in one process only; "
+                "run one worker or set PUSHSVC_REDIS_URL"
+            ) from None
+
+
+def create_app(settings: Settings | None = None) -> Quart:
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_format, settings.log_level)
+    app = Quart(__name__, template_folder=_templates_dir())
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["JSON_SORT_KEYS"] = False
+    metrics = Metrics()
+    broker = create_broker(
+        settings.redis_url,
+        history_size=settings.history_size,
+        history_ttl_seconds=settings.history_ttl_seconds,
+        **({"timeout_seconds": settings.redis_timeout_seconds} if settings.redis_url else {}),
+    )
+    hub = Hub(broker, metrics, keepalive_seconds=settings.keepalive_seconds)
+    app.extensions["pushsvc"] = Runtime(settings, broker, hub, metrics)
+    guard = SingleProcessGuard()
+
+    for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp):
+        app.register_blueprint(blueprint)
+
+    @app.before_serving
+    async def start() -> None:
+        if settings.redis_url is None:
+            guard.acquire()
+            log.info("no PUSHSVC_REDIS_URL: using the embedded in-process broker (one process only)")
+        else:
+            log.info("using redis", extra={"redis": _redact_url(settings.redis_url)})
+        await hub.start()
+        log.info("pushsvc started", extra={"pid": os.getpid()})
+
+    @app.after_serving
+    async def stop() -> None:
+        await hub.drain(0)
+        await hub.stop()
+        log.info("pushsvc stopped", extra={"pid": os.getpid()})
+
+    @app.errorhandler(ApiError)
+    async def api_error(error: ApiError) -> Response:
+        response = jsonify(error.body())
+        response.status_code = error.status
+        response.headers.update(error.headers)
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        code = (error.name or "error").lower().replace(" ", "_")
+        response = jsonify({"error": code, "detail": error.description or error.name})
+        response.status_code = error.code or 500
+        if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        log.exception("unexpected error")
+        response = jsonify({"error": "internal_error", "detail": "an unexpected error occurred"})
+        response.status_code = 500
+        return response
+
+    return app
+
+
+def _redact_url(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}{parts.path}"

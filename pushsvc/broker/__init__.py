@@ -1,0 +1,83 @@
+"""Brokers carry events between processes and keep each channel's history.
+
+`Broker` is the narrow protocol the hub and the publish route use; `redis.RedisBroker` is
+the production backend, `memory.MemoryBroker` the embedded single-process default.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..events import Event
+from ..resume import Position
+
+_EPOCH_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_epoch() -> str:
+    return "".join(secrets.choice(_EPOCH_ALPHABET) for _ in range(8))
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot take the operation now (Redis down, paused or too slow)."""
+
+
+@dataclass(slots=True)
+class History:
+    """A channel's state and the retained entries after some sequence number."""
+
+    epoch: str | None
+    last_seq: int
+    first_seq: int | None  # lowest retained sequence; None when nothing is retained
+    entries: list[tuple[int, bytes]]
+
+
+class Listener(Protocol):
+    def on_message(self, channel: str, payload: bytes) -> None: ...
+
+    def on_subscribed(self, channel: str) -> None:
+        """The subscription is active (after the first subscribe or after a reconnect)."""
+
+
+class Broker(Protocol):
+    name: str
+
+    async def start(self, listener: Listener) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def publish(self, events: Sequence[Event]) -> list[list[str]]:
+        """Store and publish, in order; the position ids per event and channel."""
+
+    def subscribe(self, channel: str) -> None: ...
+
+    def unsubscribe(self, channel: str) -> None: ...
+
+    async def position(self, channel: str) -> Position: ...
+
+    async def history(self, channel: str, after_seq: int) -> History: ...
+
+    def status(self) -> tuple[bool, str]:
+        """(ready, reason) for /readyz."""
+
+
+def history_key(channel: str) -> str:
+    return f"pushsvc:{{{channel}}}:history"
+
+
+def meta_key(channel: str) -> str:
+    return f"pushsvc:{{{channel}}}:meta"
+
+
+def create_broker(redis_url: str | None, **options: object) -> Broker:
+    if redis_url is None:
+        from .memory import MemoryBroker
+
+        return MemoryBroker(**options)  # type: ignore[arg-type]
+    from .redis import RedisBroker
+
+    return RedisBroker(redis_url, **options)  # type: ignore[arg-type]

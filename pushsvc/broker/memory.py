@@ -1,0 +1,104 @@
+"""The embedded broker: one process, history in memory, the same semantics as Redis.
+
+Used when no ``PUSHSVC_REDIS_URL`` is set (a quick start, tests); it cannot carry events
+between processes, so the server refuses it with more than one worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..events import Event, seal
+from ..resume import EMPTY, Position
+from . import History, Listener, new_epoch
+
+
+@dataclass(slots=True)
+class _Channel:
+    epoch: str
+    seq: int = 0
+    touched: float = field(default_factory=time.monotonic)
+    entries: deque[tuple[int, bytes]] = field(default_factory=deque)
+
+
+class MemoryBroker:
+    name = "memory"
+
+    def __init__(self, history_size: int = 1000, history_ttl_seconds: int = 3600) -> None:
+        self.history_size = history_size
+        self.history_ttl_seconds = history_ttl_seconds
+        self._channels: dict[str, _Channel] = {}
+        self._subscribed: set[str] = set()
+        self._listener: Listener | None = None
+
+    async def start(self, listener: Listener) -> None:
+        self._listener = listener
+
+    async def stop(self) -> None:
+        self._listener = None
+
+    def status(self) -> tuple[bool, str]:
+        return True, "embedded in-process broker"
+
+    def _live(self, channel: str) -> _Channel | None:
+        state = self._channels.get(channel)
+        if state is not None and self.history_ttl_seconds > 0:
+            if time.monotonic() - state.touched > self.history_ttl_seconds:
+                del self._channels[channel]
+                return None
+        return state
+
+    async def publish(self, events: Sequence[Event]) -> list[list[str]]:
+        ids: list[list[str]] = []
+        for event in events:
+            prefix = event.message_prefix()
+            event_ids = []
+            for channel in event.channels:
+                state = self._live(channel)
+                if state is None:
+                    state = self._channels[channel] = _Channel(new_epoch())
+                state.seq += 1
+                state.touched = time.monotonic()
+                message = seal(prefix, state.seq, state.epoch)
+                if self.history_size > 0:
+                    state.entries.append((state.seq, message))
+                    while len(state.entries) > self.history_size:
+                        state.entries.popleft()
+                event_ids.append(f"{state.epoch}-{state.seq}")
+                if channel in self._subscribed and self._listener is not None:
+                    self._listener.on_message(channel, message)
+            ids.append(event_ids)
+        return ids
+
+    def inject(self, channel: str, payload: bytes) -> None:
+        """Deliver a raw message live, as a plain Redis PUBLISH would (no history)."""
+        if channel in self._subscribed and self._listener is not None:
+            self._listener.on_message(channel, payload)
+
+    def subscribe(self, channel: str) -> None:
+        self._subscribed.add(channel)
+        if self._listener is not None:
+            asyncio.get_running_loop().call_soon(self._confirm, channel)
+
+    def _confirm(self, channel: str) -> None:
+        if channel in self._subscribed and self._listener is not None:
+            self._listener.on_subscribed(channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        self._subscribed.discard(channel)
+
+    async def position(self, channel: str) -> Position:
+        state = self._live(channel)
+        return EMPTY if state is None else Position(state.epoch, state.seq)
+
+    async def history(self, channel: str, after_seq: int) -> History:
+        state = self._live(channel)
+        if state is None:
+            return History(None, 0, None, [])
+        first = state.entries[0][0] if state.entries else None
+        entries = [entry for entry in state.entries if entry[0] > after_seq]
+        return History(state.epoch, state.seq, first, entries)

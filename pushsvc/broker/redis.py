@@ -1,0 +1,297 @@
+"""The Redis broker: one pub/sub connection per process, history in capped streams.
+
+Keys (every key of a channel carries the same hash tag, ready for Redis Cluster):
+
+* ``pushsvc:{<channel>}:meta`` -- hash ``epoch`` (random token), ``seq`` (last sequence);
+* ``pushsvc:{<channel>}:history`` -- stream of the last ``PUSHSVC_HISTORY_SIZE`` events,
+  entry id ``0-<seq>``, field ``m`` = the message exactly as published.
+
+Both expire after ``PUSHSVC_HISTORY_TTL_SECONDS`` without a publish.  Events travel on the
+Redis pub/sub channel named like the pushsvc channel, so a plain ``PUBLISH sse '{...}'``
+(flask-sse, redis-cli) reaches ``/stream?channel=sse`` too.
+
+The pub/sub connection is driven here, not by redis-py's `PubSub` (which re-subscribes
+silently after a reconnect and so hides gaps): one supervisor task connects, then runs a
+writer (SUBSCRIBE/UNSUBSCRIBE to match the wanted set, PING for liveness) and a reader.
+When the connection is lost it reconnects with capped, jittered exponential backoff and
+re-subscribes; every confirmation is reported to the hub, which resynchronises the
+channel's streams from history -- so a gap is healed, never hidden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool, Connection, ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from ..events import Event
+from ..resume import EMPTY, Position
+from . import BrokerUnavailable, History, Listener, history_key, meta_key, new_epoch
+from .scripts import PUBLISH_LUA, publish_args, position_id
+
+log = logging.getLogger("pushsvc.redis")
+
+_UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
+
+
+class _PubSubDead(Exception):
+    pass
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+class RedisBroker:
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        history_size: int = 1000,
+        history_ttl_seconds: int = 3600,
+        timeout_seconds: float = 2.0,
+        max_connections: int = 64,
+        ping_interval_seconds: float = 1.0,
+        backoff_cap_seconds: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.history_size = history_size
+        self.history_ttl_seconds = history_ttl_seconds
+        self.timeout = timeout_seconds
+        self.ping_interval = ping_interval_seconds
+        self.backoff_cap = backoff_cap_seconds
+        common: dict[str, Any] = dict(
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            retry=Retry(NoBackoff(), 1),
+            lib_name=None,
+            lib_version=None,
+        )
+        self._pool = BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=timeout_seconds, **common
+        )
+        self.client = aioredis.Redis(connection_pool=self._pool)
+        self._script = self.client.register_script(PUBLISH_LUA)
+        self._pubsub_factory = ConnectionPool.from_url(
+            url, protocol=2, **{**common, "retry": Retry(NoBackoff(), 0)}
+        )
+        self._listener: Listener | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._desired: set[str] = set()
+        self._sent: set[str] = set()
+        self._pending: dict[str, int] = {}
+        self._confirmed: set[str] = set()
+        self._connected = False
+        self._last_error = "not connected yet"
+        self._ping_sent_at: float | None = None
+        self.reconnects = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self, listener: Listener) -> None:
+        self._listener = listener
+        self._task = asyncio.get_running_loop().create_task(self._supervise(), name="pushsvc-pubsub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.client.aclose()
+        await self._pool.disconnect()
+        await self._pubsub_factory.disconnect()
+
+    def status(self) -> tuple[bool, str]:
+        if self._connected:
+            return True, "redis pub/sub connected"
+        return False, f"redis unavailable: {self._last_error}"
+
+    # -- publishing and history ------------------------------------------------------
+
+    async def publish(self, events: Sequence[Event]) -> list[list[str]]:
+        calls = [
+            publish_args(channel, event.message_prefix(), self.history_size,
+                         self.history_ttl_seconds, new_epoch())
+            for event in events
+            for channel in event.channels
+        ]
+        try:
+            async with asyncio.timeout(self.timeout):
+                if len(calls) == 1:
+                    replies = [await self._script(keys=calls[0][0], args=calls[0][1])]
+                else:
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for keys, args in calls:
+                            await self._script(keys=keys, args=args, client=pipe)
+                        replies = await pipe.execute()
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis publish failed: {type(exc).__name__}: {exc}") from exc
+        flat = iter(position_id(reply) for reply in replies)
+        return [[next(flat) for _ in event.channels] for event in events]
+
+    async def position(self, channel: str) -> Position:
+        try:
+            async with asyncio.timeout(self.timeout):
+                epoch, seq = await self.client.hmget(meta_key(channel), ["epoch", "seq"])
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
+        if epoch is None:
+            return EMPTY
+        return Position(_text(epoch), int(seq or 0))
+
+    async def history(self, channel: str, after_seq: int) -> History:
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self.client.pipeline(transaction=True) as pipe:
+                    pipe.hmget(meta_key(channel), ["epoch", "seq"])
+                    pipe.xrange(history_key(channel), "-", "+", count=1)
+                    pipe.xrange(history_key(channel), f"0-{after_seq + 1}", "+")
+                    (epoch, seq), first, entries = await pipe.execute()
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
+        if epoch is None:
+            return History(None, 0, None, [])
+        first_seq = int(_text(first[0][0]).split("-")[1]) if first else None
+        retained = [(int(_text(entry_id).split("-")[1]), fields[b"m"]) for entry_id, fields in entries]
+        return History(_text(epoch), int(seq or 0), first_seq, retained)
+
+    # -- subscriptions -----------------------------------------------------------------
+
+    def subscribe(self, channel: str) -> None:
+        self._desired.add(channel)
+        if channel in self._confirmed and self._listener is not None:
+            asyncio.get_running_loop().call_soon(self._reconfirm, channel)
+        self._wake.set()
+
+    def _reconfirm(self, channel: str) -> None:
+        if channel in self._confirmed and self._listener is not None:
+            self._listener.on_subscribed(channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        self._desired.discard(channel)
+        self._wake.set()
+
+    async def _supervise(self) -> None:
+        failures = 0
+        while True:
+            conn = self._pubsub_factory.make_connection()
+            try:
+                async with asyncio.timeout(self.timeout * 2):
+                    await conn.connect()
+                if failures or self.reconnects:
+                    log.info("redis pub/sub connected again", extra={"after_failures": failures})
+                self._reset_subscription_state()
+                self._connected = True
+                failures = 0
+                await self._run_connection(conn)
+            except asyncio.CancelledError:
+                raise
+            except (_PubSubDead, *_UNAVAILABLE) as exc:
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                if self._connected:
+                    self.reconnects += 1
+                    log.warning("redis pub/sub connection lost", extra={"error": self._last_error})
+                elif failures == 0:
+                    log.warning("redis unreachable", extra={"error": self._last_error})
+            finally:
+                self._connected = False
+                await conn.disconnect(nowait=True)
+            failures += 1
+            delay = min(self.backoff_cap, 0.05 * (2 ** min(failures, 16)))
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+
+    def _reset_subscription_state(self) -> None:
+        self._sent.clear()
+        self._pending.clear()
+        self._confirmed.clear()
+        self._ping_sent_at = None
+        self._wake.set()
+
+    async def _run_connection(self, conn: Connection) -> None:
+        reader = asyncio.ensure_future(self._read(conn))
+        writer = asyncio.ensure_future(self._write(conn))
+        try:
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+            raise _PubSubDead("pub/sub task ended")
+        finally:
+            for task in (reader, writer):
+                task.cancel()
+            await asyncio.gather(reader, writer, return_exceptions=True)
+
+    async def _write(self, conn: Connection) -> None:
+        loop = asyncio.get_running_loop()
+        next_ping = loop.time()
+        while True:
+            now = loop.time()
+            if self._ping_sent_at is not None and now - self._ping_sent_at > self.timeout + self.ping_interval:
+                raise _PubSubDead("no PING reply from redis")
+            to_subscribe = [ch for ch in self._desired if ch not in self._sent]
+            to_unsubscribe = [ch for ch in self._sent if ch not in self._desired]
+            if to_subscribe:
+                await conn.send_command("SUBSCRIBE", *to_subscribe)
+                for channel in to_subscribe:
+                    self._sent.add(channel)
+                    self._pending[channel] = self._pending.get(channel, 0) + 1
+            if to_unsubscribe:
+                await conn.send_command("UNSUBSCRIBE", *to_unsubscribe)
+                for channel in to_unsubscribe:
+                    self._sent.discard(channel)
+                    self._confirmed.discard(channel)
+            if now >= next_ping and self._ping_sent_at is None:
+                await conn.send_command("PING")
+                self._ping_sent_at = now
+                next_ping = now + self.ping_interval
+            self._wake.clear()
+            if self._ping_sent_at is None:
+                deadline = next_ping
+            else:
+                deadline = self._ping_sent_at + self.timeout + self.ping_interval
+            try:
+                async with asyncio.timeout(max(0.01, deadline - loop.time())):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _read(self, conn: Connection) -> None:
+        listener = self._listener
+        assert listener is not None
+        while True:
+            reply = await conn.read_response(timeout=math.inf, disconnect_on_error=False)
+            if isinstance(reply, list) and reply:
+                kind = reply[0]
+                if kind == b"message":
+                    listener.on_message(_text(reply[1]), reply[2])
+                elif kind == b"subscribe":
+                    self._on_subscribe_reply(_text(reply[1]))
+                elif kind == b"pong":
+                    self._on_pong()
+            elif reply == b"PONG":
+                self._on_pong()
+
+    def _on_pong(self) -> None:
+        self._ping_sent_at = None
+        self._wake.set()
+
+    def _on_subscribe_reply(self, channel: str) -> None:
+        left = self._pending.get(channel, 0) - 1
+        if left > 0:
+            self._pending[channel] = left
+            return
+        self._pending.pop(channel, None)
+        if channel in self._desired and channel in self._sent:
+            self._confirmed.add(channel)
+            assert self._listener is not None
+            self._listener.on_subscribed(channel)

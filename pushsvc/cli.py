@@ -1,0 +1,94 @@
+"""The `pushsvc` command: serve, publish."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from .config import ConfigError, Settings
+from .events import EventError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    settings = Settings.from_env()
+    return serve(settings, args.bind, args.workers, args.config)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    try:
+        data: Any = json.loads(args.data)
+    except ValueError:
+        data = args.data  # plain text is sent as a string
+    if args.http:
+        body: dict[str, Any] = {"channel": args.channel, "data": data}
+        if args.type:
+            body["type"] = args.type
+        if args.retry is not None:
+            body["retry"] = args.retry
+        request = urllib.request.Request(
+            args.http.rstrip("/") + "/publish", json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        token = args.token or os.environ.get("PUSHSVC_TOKEN")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                print(response.read().decode())
+        except urllib.error.HTTPError as exc:
+            print(exc.read().decode(), file=sys.stderr)
+            return 1
+        return 0
+    from .publisher import Publisher
+
+    publisher = Publisher(args.redis_url)
+    try:
+        ids = publisher.publish(args.channel, data, type=args.type, retry=args.retry)
+    finally:
+        publisher.close()
+    print(json.dumps({"ids": ids}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pushsvc", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the service under Hypercorn")
+    serve.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT (default 127.0.0.1:8000)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (needs Redis if > 1)")
+    serve.add_argument("--config", default=None, help="Hypercorn TOML (default ./hypercorn.toml)")
+    serve.set_defaults(func=_serve)
+
+    publish = commands.add_parser("publish", help="publish one event")
+    publish.add_argument("channel")
+    publish.add_argument("data", help="JSON value (anything else is sent as a string)")
+    publish.add_argument("--type", default=None)
+    publish.add_argument("--retry", type=int, default=None)
+    publish.add_argument("--redis-url", default=None, help="default: PUSHSVC_REDIS_URL")
+    publish.add_argument("--http", default=None, metavar="URL",
+                         help="publish through a running service's POST /publish instead")
+    publish.add_argument("--token", default=None, help="bearer token for --http (or PUSHSVC_TOKEN)")
+    publish.set_defaults(func=_publish)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except (ConfigError, EventError, ValueError) as exc:
+        print(f"pushsvc: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

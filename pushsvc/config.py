@@ -1,0 +1,182 @@
+"""Settings: one frozen object read from ``PUSHSVC_*`` environment variables.
+
+Every value is validated at start-up; a bad one raises `ConfigError` naming the variable.
+Units are in the names.  The README has the table of every setting (kept in sync with
+`SETTINGS` below by a test).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _str(value: str) -> str:
+    return value
+
+
+def _opt_str(value: str) -> str | None:
+    return value or None
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        number = int(value)
+        if not low <= number <= high:
+            raise ValueError(f"expected an integer from {low} to {high}")
+        return number
+
+    return parse
+
+
+def _float_range(low: float, high: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        number = float(value)
+        if not low <= number <= high:
+            raise ValueError(f"expected a number from {low} to {high}")
+        return number
+
+    return parse
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _setting(default: Any, parse: Callable[[str], Any], doc: str) -> Any:
+    return field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None = _setting(
+        None, _opt_str, "Redis URL (`redis://host:6379/0`). Unset: embedded in-process broker "
+        "(one process only)."
+    )
+    publish_tokens: tuple[str, ...] = _setting(
+        (), _list, "Comma-separated bearer tokens accepted by `POST /publish`."
+    )
+    allow_anonymous_publish: bool = _setting(
+        False, _bool, "Development only: accept `POST /publish` without a token."
+    )
+    keepalive_seconds: float = _setting(
+        15.0, _float_range(0.2, 3600), "Heartbeat comment on idle streams after this long."
+    )
+    retry_ms: int = _setting(
+        3000, _int_range(0, 3_600_000), "`retry:` hint sent to browsers (jittered +-20% at shutdown)."
+    )
+    queue_size: int = _setting(
+        1000, _int_range(1, 1_000_000), "Per-subscriber queue bound, in events; a subscriber "
+        "over it has its stream ended (it resumes from history)."
+    )
+    queue_bytes: int = _setting(
+        4 * 1024 * 1024, _int_range(1024, 1 << 31), "Per-subscriber queue bound, in bytes."
+    )
+    history_size: int = _setting(
+        1000, _int_range(0, 1_000_000), "Events kept per channel for resume (0: no history)."
+    )
+    history_ttl_seconds: int = _setting(
+        3600, _int_range(0, 365 * 86400), "History and sequence of an idle channel expire after "
+        "this long (0: never)."
+    )
+    redis_timeout_seconds: float = _setting(
+        2.0, _float_range(0.05, 60), "Bound on one Redis operation; `POST /publish` answers 503 "
+        "after it."
+    )
+    max_streams: int = _setting(
+        20000, _int_range(1, 10_000_000), "Open streams per process; beyond it `/stream` answers "
+        "with a jittered `retry:` and ends."
+    )
+    max_channels_per_stream: int = _setting(
+        50, _int_range(1, 1000), "Channels one `/stream` may ask for."
+    )
+    max_event_bytes: int = _setting(
+        64 * 1024, _int_range(64, 16 * 1024 * 1024), "Largest event (its wire JSON) accepted by "
+        "`POST /publish` (413 beyond)."
+    )
+    max_batch: int = _setting(
+        1000, _int_range(1, 100_000), "Most events in one `POST /publish` batch (413 beyond)."
+    )
+    max_body_bytes: int = _setting(
+        1024 * 1024, _int_range(1024, 256 * 1024 * 1024), "Largest `POST /publish` body (413)."
+    )
+    tcp_user_timeout_ms: int = _setting(
+        30000, _int_range(0, 3_600_000), "`TCP_USER_TIMEOUT` on the listening socket (`pushsvc "
+        "serve`): a peer that stops reading is cut after this long (0: kernel default)."
+    )
+    drain_seconds: float = _setting(
+        2.0, _float_range(0, 300), "On SIGTERM, how long `pushsvc serve` waits for streams to "
+        "end; keep it below Hypercorn's graceful_timeout."
+    )
+    log_format: str = _setting("text", _choice("text", "json"), "`text` or `json` (one object "
+                               "per line).")
+    log_level: str = _setting(
+        "INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level."
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = env_name(f.name)
+            if name in env:
+                try:
+                    values[f.name] = f.metadata["parse"](env[name])
+                except ValueError as exc:
+                    raise ConfigError(f"{name}={env[name]!r} is invalid: {exc}") from None
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError(
+                f"{env_name('redis_url')} must start with redis://, rediss:// or unix://"
+            )
+        if self.max_event_bytes > self.max_body_bytes:
+            raise ConfigError(
+                f"{env_name('max_event_bytes')} must not exceed {env_name('max_body_bytes')}"
+            )
+
+
+def env_name(field_name: str) -> str:
+    return "PUSHSVC_" + field_name.upper()
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting: the README's table."""
+    rows = []
+    for f in fields(Settings):
+        default = f.default
+        shown = "unset" if default is None or default == () else str(default).lower() if isinstance(
+            default, bool) else str(default)
+        rows.append((env_name(f.name), shown, f.metadata["doc"]))
+    return rows

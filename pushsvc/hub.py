@@ -1,0 +1,309 @@
+"""Local fan-out: channel -> subscribers, bounded queues, heartbeats, draining.
+
+The hub is the broker's listener.  Each message is parsed and SSE-encoded once into a
+`Frame`, then the same object is appended to the bounded queue of every local subscriber
+of its channel.  A subscriber whose queue is full is cut (never waited for): its stream
+ends and the browser resumes from history with ``Last-Event-ID``.
+
+Per channel the hub tracks whether the broker subscription is confirmed ("synced") and
+the channel's latest position; when a subscription is (re)confirmed it reads the
+position once and tells every subscriber with a `Sync` item, so streams catch up from
+history exactly when a gap is possible -- at start and after a reconnect.
+
+One ticker task serves every stream: heartbeats for idle ones, token expiry, and
+unsubscribing channels that nobody has listened to for `linger_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .broker import Broker, BrokerUnavailable
+from .events import EventError, Frame, parse_message
+from .metrics import Metrics
+from .resume import EMPTY, Position
+
+log = logging.getLogger("pushsvc.hub")
+
+
+class Control:
+    """A control item in a subscriber queue."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+PING = Control("ping")
+CLOSE = Control("close")  # server draining: send a jittered retry and end
+OVERFLOW = Control("overflow")  # slow consumer: end now
+EXPIRED = Control("expired")  # subscriber token expired
+
+
+@dataclass(slots=True)
+class Sync:
+    channel: str
+    position: Position
+
+
+class Subscriber:
+    """One stream's bounded queue; filled by the hub, drained by the stream generator."""
+
+    __slots__ = (
+        "channels", "expires_at", "items", "last_write", "max_bytes", "max_items", "nbytes",
+        "cut", "waiter",
+    )
+
+    def __init__(
+        self, channels: tuple[str, ...], max_items: int, max_bytes: int, expires_at: float | None = None
+    ) -> None:
+        self.channels = channels
+        self.items: deque[Any] = deque()
+        self.nbytes = 0
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.waiter: asyncio.Future[None] | None = None
+        self.last_write = time.monotonic()
+        self.cut = False
+        self.expires_at = expires_at
+
+    def push(self, frame: Frame) -> bool:
+        """Queue a frame; False (and the stream is cut) if the subscriber is over its bound."""
+        if self.cut:
+            return False
+        size = len(frame.single)
+        if len(self.items) >= self.max_items or self.nbytes + size > self.max_bytes:
+            self.cut = True
+            self.items.clear()
+            self.nbytes = 0
+            self.items.append(OVERFLOW)
+            self._wake()
+            return False
+        self.items.append(frame)
+        self.nbytes += size
+        self._wake()
+        return True
+
+    def push_control(self, item: Control | Sync) -> None:
+        if not self.cut:
+            self.items.append(item)
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def take(self) -> list[Any]:
+        """Everything queued, waiting for at least one item."""
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+        items = list(self.items)
+        self.items.clear()
+        self.nbytes = 0
+        return items
+
+
+@dataclass(slots=True)
+class _Channel:
+    subscribers: set[Subscriber] = field(default_factory=set)
+    synced: bool = False
+    position: Position = EMPTY
+    version: int = 0  # bumped by every live message, to merge with a concurrent read
+    idle_since: float | None = None
+    resyncing: bool = False
+    resync_again: bool = False
+
+
+class Hub:
+    def __init__(
+        self,
+        broker: Broker,
+        metrics: Metrics,
+        keepalive_seconds: float = 15.0,
+        linger_seconds: float = 2.0,
+        tick_seconds: float = 1.0,
+    ) -> None:
+        self.broker = broker
+        self.metrics = metrics
+        self.keepalive = keepalive_seconds
+        self.linger = linger_seconds
+        self.tick = min(tick_seconds, keepalive_seconds / 2)
+        self._channels: dict[str, _Channel] = {}
+        self._subscribers: set[Subscriber] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self.draining = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.broker.start(self)
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever(), name="pushsvc-ticker")
+
+    async def stop(self) -> None:
+        for task in [self._ticker, *self._tasks]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*[t for t in [self._ticker, *self._tasks] if t], return_exceptions=True)
+        await self.broker.stop()
+
+    async def drain(self, timeout: float) -> int:
+        """Ask every stream to end (with a jittered retry); wait up to `timeout` seconds."""
+        self.draining = True
+        for sub in list(self._subscribers):
+            sub.push_control(CLOSE)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._empty.wait()
+        except TimeoutError:
+            pass
+        return len(self._subscribers)
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._subscribers)
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._channels)
+
+    def local_subscribers(self, channel: str) -> int:
+        state = self._channels.get(channel)
+        return 0 if state is None else len(state.subscribers)
+
+    # -- subscribers -------------------------------------------------------------------
+
+    def add(self, sub: Subscriber) -> None:
+        self._subscribers.add(sub)
+        self._empty.clear()
+        for channel in sub.channels:
+            state = self._channels.get(channel)
+            if state is None:
+                state = self._channels[channel] = _Channel()
+                self.broker.subscribe(channel)
+            state.subscribers.add(sub)
+            state.idle_since = None
+            if state.synced:
+                sub.push_control(Sync(channel, state.position))
+
+    def remove(self, sub: Subscriber) -> None:
+        if sub not in self._subscribers:
+            return
+        self._subscribers.discard(sub)
+        self._detach(sub)
+        if not self._subscribers:
+            self._empty.set()
+
+    def _detach(self, sub: Subscriber) -> None:
+        now = time.monotonic()
+        for channel in sub.channels:
+            state = self._channels.get(channel)
+            if state is not None:
+                state.subscribers.discard(sub)
+                if not state.subscribers:
+                    state.idle_since = now
+
+    # -- broker listener ---------------------------------------------------------------
+
+    def on_message(self, channel: str, payload: bytes) -> None:
+        state = self._channels.get(channel)
+        if state is None:
+            return
+        try:
+            frame = parse_message(channel, payload)
+        except EventError as exc:
+            self.metrics.invalid_messages += 1
+            log.warning("dropped an invalid message", extra={"channel": channel, "reason": exc.detail})
+            return
+        if frame.epoch is not None:
+            state.position = Position(frame.epoch, frame.seq)
+            state.version += 1
+        self.metrics.events_received += 1
+        cut = None
+        for sub in state.subscribers:
+            if not sub.push(frame):
+                cut = [sub] if cut is None else [*cut, sub]
+        if cut:
+            for sub in cut:
+                self._detach(sub)
+                self.metrics.slow_consumer_disconnects += 1
+            log.info("cut slow subscribers", extra={"channel": channel, "count": len(cut)})
+
+    def on_subscribed(self, channel: str) -> None:
+        state = self._channels.get(channel)
+        if state is None:
+            return
+        if state.resyncing:
+            state.resync_again = True
+            return
+        state.resyncing = True
+        task = asyncio.get_running_loop().create_task(self._resync(channel, state))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resync(self, channel: str, state: _Channel) -> None:
+        """Read the confirmed channel's position once, then tell its subscribers."""
+        delay = 0.1
+        try:
+            while self._channels.get(channel) is state:
+                state.resync_again = False
+                version = state.version
+                try:
+                    position = await self.broker.position(channel)
+                except BrokerUnavailable:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                if state.version == version:
+                    state.position = position
+                elif state.position.epoch == position.epoch:
+                    state.position = Position(position.epoch, max(position.seq, state.position.seq))
+                state.synced = True
+                for sub in state.subscribers:
+                    sub.push_control(Sync(channel, state.position))
+                if not state.resync_again:
+                    return
+        finally:
+            state.resyncing = False
+
+    # -- ticker ------------------------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick)
+            try:
+                self._tick(time.monotonic())
+            except Exception:  # the ticker must survive anything
+                log.exception("ticker failed")
+
+    def _tick(self, now: float) -> None:
+        for sub in self._subscribers:
+            if sub.expires_at is not None and now >= sub.expires_at:
+                sub.expires_at = None
+                sub.push_control(EXPIRED)
+            elif now - sub.last_write >= self.keepalive:
+                sub.last_write = now
+                sub.push_control(PING)
+        idle = [
+            name for name, state in self._channels.items()
+            if not state.subscribers and state.idle_since is not None
+            and now - state.idle_since >= self.linger
+        ]
+        for name in idle:
+            del self._channels[name]
+            self.broker.unsubscribe(name)

@@ -1,0 +1,1 @@
+"""Thin HTTP handlers; the logic they call lives in modules that tests reach directly."""

@@ -1,0 +1,57 @@
+"""GET /stream: open an SSE stream on one or more channels."""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response, request
+
+from .. import sse
+from ..errors import ApiError
+from ..events import DEFAULT_CHANNEL, EventError, check_channel
+from ..resume import parse_stream_id
+from ..runtime import runtime
+from ..session import StreamSession, jittered
+
+bp = Blueprint("stream", __name__)
+
+STREAM_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+def requested_channels(values: list[str], limit: int) -> tuple[str, ...]:
+    if len(values) > limit:
+        raise ApiError("too_many_channels", f"at most {limit} channels per stream")
+    try:
+        return tuple(sorted({check_channel(v) for v in values or [DEFAULT_CHANNEL]}))
+    except EventError as exc:
+        raise ApiError(exc.code, exc.detail) from None
+
+
+def _over_capacity(retry_ms: int) -> Response:
+    body = b": over capacity, retry later\n" + sse.retry(jittered(max(retry_ms, 1000) * 2))
+    return Response(body, 200, STREAM_HEADERS)
+
+
+@bp.get("/stream")
+async def stream() -> Response:
+    rt = runtime()
+    settings = rt.settings
+    channels = requested_channels(request.args.getlist("channel"), settings.max_channels_per_stream)
+    last_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
+    resume = parse_stream_id(last_id, len(channels)) if last_id else None
+    if rt.hub.draining or rt.hub.stream_count >= settings.max_streams:
+        rt.metrics.streams_refused_capacity += 1
+        return _over_capacity(settings.retry_ms)
+    session = StreamSession(
+        rt.hub, rt.broker, rt.metrics, channels, resume,
+        unreadable_id=bool(last_id) and resume is None,
+        retry_ms=settings.retry_ms,
+        queue_size=settings.queue_size,
+        queue_bytes=settings.queue_bytes,
+    )
+    rt.metrics.streams_opened += 1
+    response = Response(session.frames(), 200, STREAM_HEADERS)
+    response.timeout = None  # Quart would cut the stream after RESPONSE_TIMEOUT (60 s)
+    return response

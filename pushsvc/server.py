@@ -1,0 +1,158 @@
+"""Run pushsvc under Hypercorn with a clean drain on SIGTERM.
+
+Hypercorn runs the app's shutdown hooks only after it has waited for (and then cancelled)
+open connections, which is too late for streams.  So `pushsvc serve` runs Hypercorn from
+code with a shutdown trigger that first asks every stream to end (a jittered ``retry:``,
+then the response completes), waits until they have or ``PUSHSVC_DRAIN_SECONDS`` passed,
+and only then lets Hypercorn stop.  It also makes the listening socket itself, to set
+``TCP_USER_TIMEOUT`` (inherited by accepted sockets) so that a peer which stops reading
+is cut by the kernel, and hands it to Hypercorn as ``fd://``.  With ``--workers N`` a
+small supervisor starts N worker processes on that socket and forwards signals to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+from multiprocessing.connection import wait as wait_for_sentinels
+from pathlib import Path
+from typing import Any
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config
+
+from .config import ConfigError, Settings
+from .logs import configure as configure_logging
+
+log = logging.getLogger("pushsvc.server")
+
+DEFAULT_BIND = "127.0.0.1:8000"
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    host, sep, port = bind.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--bind {bind!r} must be HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def listen_socket(host: str, port: int, tcp_user_timeout_ms: int, backlog: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tcp_user_timeout_ms and hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, tcp_user_timeout_ms)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+def hypercorn_config(path: str | None) -> Config:
+    if path is None and Path("hypercorn.toml").is_file():
+        path = "hypercorn.toml"
+    config = Config.from_toml(path) if path else Config()
+    return config
+
+
+def _new_loop_runner() -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run
+
+
+def run_worker(settings: Settings, config_path: str | None, sock: socket.socket) -> None:
+    """One worker process: serve the app on `sock` until SIGTERM/SIGINT, then drain."""
+    from .app import create_app
+
+    configure_logging(settings.log_format, settings.log_level)
+    config = hypercorn_config(config_path)
+    config.bind = [f"fd://{sock.fileno()}"]
+    config.workers = 1
+    app = create_app(settings)
+    hub = app.extensions["pushsvc"].hub
+    if config.graceful_timeout <= settings.drain_seconds:
+        log.warning("graceful_timeout should exceed PUSHSVC_DRAIN_SECONDS")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+
+        async def shutdown_trigger() -> None:
+            await stop.wait()
+            open_streams = hub.stream_count
+            started = loop.time()
+            left = await hub.drain(settings.drain_seconds)
+            log.info(
+                "drained streams for shutdown",
+                extra={"streams": open_streams, "left": left,
+                       "seconds": round(loop.time() - started, 3)},
+            )
+
+        await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+
+    _new_loop_runner()(main())
+
+
+def serve(settings: Settings, bind: str, workers: int, config_path: str | None) -> int:
+    if workers > 1 and settings.redis_url is None:
+        raise ConfigError(
+            "--workers > 1 needs PUSHSVC_REDIS_URL: the embedded broker cannot carry events "
+            "between processes"
+        )
+    host, port = parse_bind(bind)
+    config = hypercorn_config(config_path)
+    sock = listen_socket(host, port, settings.tcp_user_timeout_ms, config.backlog)
+    log.info("listening", extra={"bind": f"{host}:{sock.getsockname()[1]}", "workers": workers})
+    if workers <= 1:
+        run_worker(settings, config_path, sock)
+        return 0
+    return _supervise(settings, config_path, sock, workers)
+
+
+def _supervise(settings: Settings, config_path: str | None, sock: socket.socket, workers: int) -> int:
+    ctx = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def start() -> Any:
+        process = ctx.Process(target=run_worker, args=(settings, config_path, sock), daemon=False)
+        process.start()
+        return process
+
+    processes = [start() for _ in range(workers)]
+
+    def forward(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                try:
+                    os.kill(process.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while True:
+        alive = [p for p in processes if p.is_alive()]
+        if not alive:
+            break
+        wait_for_sentinels([p.sentinel for p in alive], timeout=1.0)
+        if not stopping:
+            for i, process in enumerate(processes):
+                if not process.is_alive():
+                    log.warning("worker exited, restarting", extra={"exitcode": process.exitcode})
+                    processes[i] = start()
+    codes = [p.exitcode or 0 for p in processes]
+    return 0 if all(code == 0 for code in codes) else 1
+

@@ -1,0 +1,255 @@
+"""One open stream: its positions, resume and catch-up, and the single generator that
+writes every byte of it (events, replays, resets, heartbeats, the final ``retry:``).
+
+Order that loses nothing: the subscriber is registered with the hub first; once the hub
+reports the channel's subscription confirmed (`Sync`), the stream reads history after its
+position, sends it, and only then the live frames queued meanwhile, skipping any whose
+sequence it already sent.  A live frame that does not directly follow the stream's
+position (a gap after a Redis reconnect, or a new epoch) triggers the same catch-up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from . import sse
+from .broker import Broker, BrokerUnavailable
+from .events import EventError, Frame, parse_message
+from .hub import CLOSE, EXPIRED, OVERFLOW, PING, Hub, Subscriber, Sync
+from .metrics import Metrics
+from .resume import Position, format_stream_id
+
+log = logging.getLogger("pushsvc.stream")
+
+RESET_EVENT = "pushsvc.reset"
+TOKEN_EXPIRED_EVENT = "pushsvc.token_expired"
+
+
+def jittered(ms: int) -> int:
+    return int(ms * random.uniform(0.8, 1.2))
+
+
+class StreamSession:
+    """State of one stream; `frames()` is the response body."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        broker: Broker,
+        metrics: Metrics,
+        channels: tuple[str, ...],
+        resume: list[Position] | None,
+        unreadable_id: bool,
+        retry_ms: int,
+        queue_size: int,
+        queue_bytes: int,
+        expires_at: float | None = None,
+    ) -> None:
+        self.hub = hub
+        self.broker = broker
+        self.metrics = metrics
+        self.channels = channels  # sorted, unique
+        self.index = {name: i for i, name in enumerate(channels)}
+        self.multi = len(channels) > 1
+        self.retry_ms = retry_ms
+        count = len(channels)
+        self.epochs: list[str | None] = [p.epoch for p in resume] if resume else [None] * count
+        self.seqs: list[int] = [p.seq for p in resume] if resume else [0] * count
+        self.parts = [Position(e, s).format() for e, s in zip(self.epochs, self.seqs, strict=True)]
+        self.synced = [False] * count
+        self.fresh = resume is None and not unreadable_id
+        self.unreadable = unreadable_id
+        self.pending_resets: list[tuple[str, str]] = []
+        self.dirty = False
+        self.delivered = 0
+        self.end_reason = "client"
+        self.subscriber = Subscriber(channels, queue_size, queue_bytes, expires_at)
+
+    # -- the body ------------------------------------------------------------------------
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        sub = self.subscriber
+        yield b": pushsvc stream open\n" + sse.retry(self.retry_ms)
+        self.hub.add(sub)
+        try:
+            while True:
+                items = await sub.take()
+                out: list[bytes] = []
+                final = await self._handle(items, out)
+                self._flush(out)
+                if final is not None:
+                    out.append(final)
+                if out:
+                    sub.last_write = time.monotonic()
+                    yield b"".join(out)
+                if final is not None:
+                    return
+        finally:
+            self.hub.remove(sub)
+            self.metrics.events_delivered += self.delivered
+
+    async def _handle(self, items: list[Any], out: list[bytes]) -> bytes | None:
+        """Turn queued items into bytes; returns the final chunk when the stream must end."""
+        for item in items:
+            if type(item) is Frame:
+                await self._on_frame(item, out)
+            elif type(item) is Sync:
+                await self._on_sync(item, out)
+            elif item is PING:
+                if not out:
+                    out.append(sse.PING)
+            elif item is CLOSE:
+                self.end_reason = "shutdown"
+                return sse.retry(jittered(self.retry_ms))
+            elif item is OVERFLOW:
+                self.end_reason = "slow_consumer"
+                return sse.comment("closed: too slow, reconnect to resume")
+            elif item is EXPIRED:
+                self.end_reason = "token_expired"
+                data = json.dumps({"reason": "token_expired"})
+                return sse.encode_event(data, TOKEN_EXPIRED_EVENT)
+            if self.end_reason == "catch_up_failed":
+                return sse.retry(jittered(self.retry_ms))
+        return None
+
+    # -- positions -------------------------------------------------------------------------
+
+    def _set(self, i: int, epoch: str | None, seq: int) -> None:
+        self.epochs[i] = epoch
+        self.seqs[i] = seq
+        if self.multi:
+            self.parts[i] = "0" if epoch is None else f"{epoch}-{seq}"
+
+    def _stream_id(self) -> str:
+        return ".".join(self.parts) if self.multi else self.parts_single()
+
+    def parts_single(self) -> str:
+        epoch = self.epochs[0]
+        return "0" if epoch is None else f"{epoch}-{self.seqs[0]}"
+
+    def _deliver(self, i: int, frame: Frame, out: list[bytes]) -> None:
+        if self.pending_resets:
+            self._emit_resets(out)
+        self.epochs[i] = frame.epoch
+        self.seqs[i] = frame.seq
+        if self.multi:
+            self.parts[i] = f"{frame.epoch}-{frame.seq}"
+            out.append(b"id: " + ".".join(self.parts).encode("ascii") + b"\n" + frame.body)
+        else:
+            out.append(frame.single)
+        self.dirty = False
+        self.delivered += 1
+
+    def _flush(self, out: list[bytes]) -> None:
+        if self.pending_resets:
+            self._emit_resets(out)
+        elif self.dirty and all(self.synced):
+            out.append(sse.id_only(self._stream_id()))
+            self.dirty = False
+
+    def _emit_resets(self, out: list[bytes]) -> None:
+        reasons = sorted({reason for _, reason in self.pending_resets})
+        data = json.dumps(
+            {"reason": reasons[0] if len(reasons) == 1 else reasons,
+             "channels": [channel for channel, _ in self.pending_resets]},
+            separators=(",", ":"),
+        )
+        out.append(sse.id_line(self._stream_id()) + sse.encode_event(data, RESET_EVENT))
+        self.metrics.resets_sent += 1
+        self.pending_resets.clear()
+        self.dirty = False
+
+    def _reset(self, i: int, reason: str, position: Position) -> None:
+        self._set(i, position.epoch, position.seq)
+        self.pending_resets.append((self.channels[i], reason))
+
+    # -- items -------------------------------------------------------------------------------
+
+    async def _on_frame(self, frame: Frame, out: list[bytes]) -> None:
+        i = self.index[frame.channel] if self.multi else 0
+        if not self.synced[i]:
+            return  # covered by the catch-up that the coming Sync triggers
+        if frame.epoch is None:  # foreign message: live only, no id
+            if self.pending_resets:
+                self._emit_resets(out)
+            out.append(frame.body)
+            self.delivered += 1
+            return
+        if frame.epoch == self.epochs[i]:
+            if frame.seq == self.seqs[i] + 1:
+                self._deliver(i, frame, out)
+                return
+            if frame.seq <= self.seqs[i]:
+                return
+        elif frame.seq == 1 and self.epochs[i] is None:
+            # "0" = the channel had no history; seq 1 of a new epoch is its very first event.
+            self._deliver(i, frame, out)
+            return
+        await self._catch_up(i, out)
+        if frame.epoch == self.epochs[i] and frame.seq == self.seqs[i] + 1:
+            self._deliver(i, frame, out)
+
+    async def _on_sync(self, item: Sync, out: list[bytes]) -> None:
+        i = self.index[item.channel]
+        first = not self.synced[i]
+        self.synced[i] = True
+        target = item.position
+        if first and (self.fresh or self.unreadable):
+            if self.unreadable:
+                self._reset(i, "unreadable_id", target)
+            else:
+                self._set(i, target.epoch, target.seq)
+                self.dirty = True
+            return
+        if target.epoch == self.epochs[i] and target.seq <= self.seqs[i]:
+            return
+        await self._catch_up(i, out)
+
+    async def _catch_up(self, i: int, out: list[bytes]) -> None:
+        channel = self.channels[i]
+        epoch, seq = self.epochs[i], self.seqs[i]
+        try:
+            history = await self.broker.history(channel, seq if epoch is not None else 0)
+        except BrokerUnavailable as exc:
+            # End the stream: the browser reconnects with its last id and nothing is lost.
+            self.metrics.catch_up_failures += 1
+            self.end_reason = "catch_up_failed"
+            log.warning("catch-up failed", extra={"channel": channel, "error": str(exc)})
+            return
+        current = Position(history.epoch, history.last_seq)
+        if history.epoch is None:
+            if epoch is not None:
+                self._reset(i, "history_lost", current)
+            return
+        if epoch is None:
+            complete = history.first_seq == 1
+        elif epoch != history.epoch:
+            self._reset(i, "history_lost", current)
+            return
+        else:
+            if seq >= history.last_seq:
+                return
+            complete = history.first_seq is not None and history.first_seq <= seq + 1
+        if not complete:
+            self._reset(i, "too_old", current)
+            return
+        replayed = 0
+        for entry_seq, payload in history.entries:
+            if entry_seq <= self.seqs[i]:
+                continue
+            try:
+                frame = parse_message(channel, payload)
+            except EventError:
+                self._set(i, history.epoch, entry_seq)
+                continue
+            self._deliver(i, frame, out)
+            replayed += 1
+        if self.epochs[i] != history.epoch:  # nothing readable was replayed
+            self._set(i, history.epoch, history.last_seq)
+            self.dirty = True
+        self.metrics.events_replayed += replayed
