@@ -238,23 +238,25 @@ class RedisBroker:
             now = loop.time()
             if self._ping_sent_at is not None and now - self._ping_sent_at > self.timeout + self.ping_interval:
                 raise _PubSubDead("no PING reply from redis")
+            # Clear the wake-up before reading the wanted set, and record what is sent before
+            # awaiting the send: the reply may be read while the send is still draining.
+            self._wake.clear()
             to_subscribe = [ch for ch in self._desired if ch not in self._sent]
             to_unsubscribe = [ch for ch in self._sent if ch not in self._desired]
+            for channel in to_subscribe:
+                self._sent.add(channel)
+                self._pending[channel] = self._pending.get(channel, 0) + 1
+            for channel in to_unsubscribe:
+                self._sent.discard(channel)
+                self._confirmed.discard(channel)
             if to_subscribe:
                 await conn.send_command("SUBSCRIBE", *to_subscribe)
-                for channel in to_subscribe:
-                    self._sent.add(channel)
-                    self._pending[channel] = self._pending.get(channel, 0) + 1
             if to_unsubscribe:
                 await conn.send_command("UNSUBSCRIBE", *to_unsubscribe)
-                for channel in to_unsubscribe:
-                    self._sent.discard(channel)
-                    self._confirmed.discard(channel)
             if now >= next_ping and self._ping_sent_at is None:
-                await conn.send_command("PING")
                 self._ping_sent_at = now
                 next_ping = now + self.ping_interval
-            self._wake.clear()
+                await conn.send_command("PING")
             if self._ping_sent_at is None:
                 deadline = next_ping
             else:
