@@ -180,3 +180,9 @@ def settings_table() -> list[tuple[str, str, str]]:
             default, bool) else str(default)
         rows.append((env_name(f.name), shown, f.metadata["doc"]))
     return rows
+
+
+def settings_markdown() -> str:
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{name}` | `{default}` | {doc} |" for name, default, doc in settings_table()]
+    return "\n".join(lines)

@@ -14,6 +14,7 @@ Nothing here does I/O.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -72,9 +73,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
 def loads(raw: bytes | str) -> Any:
     """Strict JSON: no NaN/Infinity (a browser's JSON.parse would choke on them)."""
-    return json.loads(raw, parse_constant=_reject_constant)
+    return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def dumps(value: Any) -> str:

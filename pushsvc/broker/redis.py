@@ -74,8 +74,6 @@ class RedisBroker:
             socket_timeout=timeout_seconds,
             socket_connect_timeout=timeout_seconds,
             retry=Retry(NoBackoff(), 1),
-            lib_name=None,
-            lib_version=None,
         )
         self._pool = BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=timeout_seconds, **common
@@ -83,7 +81,7 @@ class RedisBroker:
         self.client = aioredis.Redis(connection_pool=self._pool)
         self._script = self.client.register_script(PUBLISH_LUA)
         self._pubsub_factory = ConnectionPool.from_url(
-            url, protocol=2, **{**common, "retry": Retry(NoBackoff(), 0)}
+            url, protocol=2, client_name="pushsvc-pubsub", **{**common, "retry": Retry(NoBackoff(), 0)}
         )
         self._listener: Listener | None = None
         self._task: asyncio.Task[None] | None = None
