@@ -1,0 +1,269 @@
+"""Resume without loss: per-channel history and exact replay on reconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+import httpx
+import pytest
+
+from pushsvc.publisher import AsyncPublisher
+from tests.support.helpers import metric, publish
+from tests.support.sse_client import SSEClient
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(params=["redis", "memory"])
+def broker_env(request, redis_url) -> dict[str, str]:
+    return {"PUSHSVC_REDIS_URL": redis_url} if request.param == "redis" else {}
+
+
+async def publish_many(http: httpx.AsyncClient, service, channel: str | list[str], values) -> list:
+    body = [{"channel": channel, "data": v} for v in values]
+    ids = []
+    for start in range(0, len(body), 250):
+        response = await publish(http, service, body[start:start + 250])
+        assert response.status_code == 202, response.text
+        ids += response.json()["events"]
+    return ids
+
+
+async def test_reconnect_with_last_id_replays_exactly_the_missed_events_then_live(
+    service_factory, broker_env, http
+):
+    service = service_factory(broker_env)
+    client = await SSEClient.open(service.port, ["news"])
+    await client.wait_open()
+    await publish_many(http, service, "news", range(10))
+    seen = await client.events(10)
+    assert [int(e.data) for e in seen] == list(range(10))
+    await client.close()
+
+    await publish_many(http, service, "news", range(10, 510))
+    again = await SSEClient.open(service.port, ["news"], last_event_id=seen[-1].last_event_id)
+    try:
+        replayed = await again.events(500, timeout=20)
+        assert [int(e.data) for e in replayed] == list(range(10, 510))
+        await publish(http, service, {"channel": "news", "data": "live"})
+        assert (await again.next_event()).data == "live"
+    finally:
+        await again.close()
+    assert await metric(http, service, "pushsvc_events_replayed_total") == 500
+
+
+async def test_multi_channel_stream_resumes_every_channel_whatever_the_parameter_order(
+    service_factory, broker_env, http
+):
+    service = service_factory(broker_env)
+    channels = ["c", "a", "b"]
+    client = await SSEClient.open(service.port, channels)
+    await client.wait_open()
+    for i in range(6):
+        await publish(http, service, {"channel": channels[i % 3], "data": {"ch": channels[i % 3], "n": i}})
+    seen = await client.events(6)
+    await client.close()
+    published = []
+    for i in range(6, 60):
+        ch = random.choice(channels)
+        published.append((ch, i))
+        await publish(http, service, {"channel": ch, "data": {"ch": ch, "n": i}})
+    again = await SSEClient.open(service.port, ["b", "c", "a"], last_event_id=seen[-1].last_event_id)
+    try:
+        replayed = [json.loads(e.data) for e in await again.events(len(published))]
+        # Order is guaranteed per channel (there is no order across channels to keep).
+        for ch in channels:
+            assert [d["n"] for d in replayed if d["ch"] == ch] == [n for c, n in published if c == ch]
+        assert len(replayed) == len(published)
+        await publish(http, service, {"channel": "a", "data": "live"})
+        assert (await again.next_event()).data == "live"
+    finally:
+        await again.close()
+
+
+async def test_stream_that_received_nothing_still_resumes_from_its_opening_id(
+    service_factory, broker_env, http
+):
+    service = service_factory(broker_env)
+    await publish_many(http, service, "quiet", ["old"])
+    client = await SSEClient.open(service.port, ["quiet"])
+    await client.wait_open()
+    opening_id = client.last_event_id
+    assert opening_id.endswith("-1")
+    await client.close()
+    await publish_many(http, service, "quiet", ["missed"])
+    again = await SSEClient.open(service.port, ["quiet"], last_event_id=opening_id)
+    try:
+        assert (await again.next_event()).data == "missed"
+    finally:
+        await again.close()
+
+
+async def test_publishes_racing_reconnects_lose_nothing_and_duplicate_nothing(
+    service_factory, broker_env, http
+):
+    service = service_factory(broker_env)
+    channels = ["r1", "r2", "r3"]
+    total = 300
+    rng = random.Random(7)
+
+    async def publisher() -> None:
+        for n in range(total):
+            ch = channels[n % 3]
+            await publish(http, service, {"channel": ch, "data": {"ch": ch, "n": n}})
+            if rng.random() < 0.3:
+                await asyncio.sleep(rng.random() * 0.01)
+
+    async def reconnecting_client(subset: list[str]) -> dict[str, list[int]]:
+        received: dict[str, list[int]] = {ch: [] for ch in subset}
+        expected = {ch: [n for n in range(total) if channels[n % 3] == ch] for ch in subset}
+        last_id = None
+        while received != expected:
+            client = await SSEClient.open(service.port, subset, last_event_id=last_id)
+            try:
+                deadline = asyncio.get_running_loop().time() + rng.random() * 0.2
+                while received != expected:
+                    left = deadline - asyncio.get_running_loop().time()
+                    if left <= 0:
+                        break
+                    try:
+                        event = await client.next_event(timeout=left)
+                    except asyncio.TimeoutError:
+                        break
+                    data = json.loads(event.data)
+                    received[data["ch"]].append(data["n"])
+                    last_id = event.last_event_id
+            finally:
+                await client.close()
+            if last_id is None and client.last_event_id:
+                last_id = client.last_event_id
+        return received
+
+    subsets = [["r1"], ["r2", "r3"], ["r1", "r2", "r3"], ["r3", "r1"]] * 2
+    # Every client opens (and gets its first position) before the first publish.
+    results = asyncio.gather(*[reconnecting_client(s) for s in subsets])
+    await asyncio.sleep(0.3)
+    await publisher()
+    for subset, received in zip(subsets, await asyncio.wait_for(results, 60), strict=True):
+        for ch in subset:
+            assert received[ch] == [n for n in range(total) if channels[n % 3] == ch], (subset, ch)
+
+
+async def test_id_older_than_history_gets_a_reset_event_then_live(service_factory, redis_url, http):
+    service = service_factory({"PUSHSVC_REDIS_URL": redis_url, "PUSHSVC_HISTORY_SIZE": "20"})
+    ids = await publish_many(http, service, "capped", range(5))
+    await publish_many(http, service, "capped", range(5, 60))
+    client = await SSEClient.open(service.port, ["capped"], last_event_id=ids[1]["id"])
+    try:
+        reset = await client.next_event()
+        assert reset.type == "pushsvc.reset"
+        assert json.loads(reset.data) == {"reason": "too_old", "channels": ["capped"]}
+        assert reset.last_event_id.endswith("-60")
+        await publish(http, service, {"channel": "capped", "data": "live"})
+        live = await client.next_event()
+        assert (live.type, live.data) == ("message", "live")
+        assert live.last_event_id.endswith("-61")
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("garbled", ["garbage", "abc-12.x", "ZZ-1", "a" * 10000, "-1", "1.2.3", "é-1"])
+async def test_garbled_id_gets_a_reset_event_then_live_and_no_error(service_factory, redis_url, http, garbled):
+    service = service_factory({"PUSHSVC_REDIS_URL": redis_url})
+    await publish_many(http, service, "g", ["before"])
+    client = await SSEClient.open(service.port, ["g"], last_event_id=garbled)
+    try:
+        assert client.status == 200
+        reset = await client.next_event()
+        assert reset.type == "pushsvc.reset"
+        assert json.loads(reset.data)["reason"] == "unreadable_id"
+        await publish(http, service, {"channel": "g", "data": "after"})
+        assert (await client.next_event()).data == "after"
+    finally:
+        await client.close()
+
+
+async def test_lost_history_gets_a_reset_naming_only_that_channel(service_factory, redis_server, redis_url, http):
+    service = service_factory({"PUSHSVC_REDIS_URL": redis_url})
+    ids = await publish_many(http, service, ["keep", "lose"], ["x"])
+    with redis_server.client() as r:
+        r.delete("pushsvc:{lose}:meta", "pushsvc:{lose}:history")
+    await publish_many(http, service, "lose", ["new epoch"])
+    await publish_many(http, service, "keep", ["kept"])
+    stream_id = ".".join(i["id"] for i in ids)  # channels sorted: keep, lose
+    client = await SSEClient.open(service.port, ["lose", "keep"], last_event_id=stream_id)
+    try:
+        first, second = await client.events(2)
+        got = {(first.type, first.data), (second.type, second.data)}
+        assert ("message", "kept") in got
+        reset = first if first.type == "pushsvc.reset" else second
+        assert json.loads(reset.data) == {"reason": "history_lost", "channels": ["lose"]}
+    finally:
+        await client.close()
+
+
+async def test_history_cap_is_exact_and_ttl_is_set(service_factory, redis_server, redis_url, http):
+    service = service_factory({"PUSHSVC_REDIS_URL": redis_url, "PUSHSVC_HISTORY_SIZE": "20",
+                               "PUSHSVC_HISTORY_TTL_SECONDS": "120"})
+    await publish_many(http, service, "cap", range(50))
+    with redis_server.client() as r:
+        assert r.xlen("pushsvc:{cap}:history") == 20
+        assert 100 < r.ttl("pushsvc:{cap}:history") <= 120
+        assert 100 < r.ttl("pushsvc:{cap}:meta") <= 120
+        assert r.hget("pushsvc:{cap}:meta", "seq") == b"50"
+        first = r.xrange("pushsvc:{cap}:history", count=1)[0][0]
+        assert first == b"0-31"
+
+
+async def test_history_off_still_resumes_when_nothing_was_missed(service_factory, redis_url, http):
+    service = service_factory({"PUSHSVC_REDIS_URL": redis_url, "PUSHSVC_HISTORY_SIZE": "0"})
+    ids = await publish_many(http, service, "nohist", ["a"])
+    client = await SSEClient.open(service.port, ["nohist"], last_event_id=ids[0]["id"])
+    try:
+        await publish(http, service, {"channel": "nohist", "data": "b"})
+        assert (await client.next_event()).data == "b"  # no reset: nothing was missed
+    finally:
+        await client.close()
+    await publish_many(http, service, "nohist", ["missed"])
+    again = await SSEClient.open(service.port, ["nohist"], last_event_id=ids[0]["id"])
+    try:
+        assert (await again.next_event()).type == "pushsvc.reset"
+    finally:
+        await again.close()
+
+
+async def test_reconnect_to_another_process_resumes_exactly(service_factory, redis_url, http):
+    a = service_factory({"PUSHSVC_REDIS_URL": redis_url})
+    b = service_factory({"PUSHSVC_REDIS_URL": redis_url})
+    client = await SSEClient.open(a.port, ["x", "y"])
+    await client.wait_open()
+    await publish_many(http, a, "x", range(3))
+    seen = await client.events(3)
+    await client.close()
+    await publish_many(http, b, "y", range(3, 8))
+    publisher = AsyncPublisher(redis_url)
+    await publisher.publish("x", 8)
+    await publisher.aclose()
+    again = await SSEClient.open(b.port, ["x", "y"], last_event_id=seen[-1].last_event_id)
+    try:
+        assert [int(e.data) for e in await again.events(6)] == list(range(3, 9))
+    finally:
+        await again.close()
+
+
+async def test_raw_redis_publish_is_live_only(service_factory, redis_server, redis_url, http):
+    service = service_factory({"PUSHSVC_REDIS_URL": redis_url})
+    client = await SSEClient.open(service.port, ["raw"])
+    await client.wait_open()
+    opening = client.last_event_id
+    await client.close()
+    with redis_server.client() as r:
+        r.publish("raw", json.dumps({"data": "not kept"}))
+    await publish_many(http, service, "raw", ["kept"])
+    again = await SSEClient.open(service.port, ["raw"], last_event_id=opening)
+    try:
+        assert (await again.next_event()).data == "kept"
+    finally:
+        await again.close()
