@@ -44,7 +44,7 @@ class SingleProcessGuard:
         if parent is None or parent.pid is None:
             return  # not a worker of a multi-process server
         path = Path(tempfile.gettempdir()) / f"pushsvc-embedded-{parent.pid}.lock"
-        self._file = open(path, "w")  # noqa: SIM115 - held for the process lifetime
+        self._file = open(path, "w")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

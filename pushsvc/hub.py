@@ -59,8 +59,15 @@ class Subscriber:
     """One stream's bounded queue; filled by the hub, drained by the stream generator."""
 
     __slots__ = (
-        "channels", "expires_at", "items", "last_write", "max_bytes", "max_items", "nbytes",
-        "cut", "waiter",
+        "channels",
+        "cut",
+        "expires_at",
+        "items",
+        "last_write",
+        "max_bytes",
+        "max_items",
+        "nbytes",
+        "waiter",
     )
 
     def __init__(

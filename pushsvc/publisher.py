@@ -19,7 +19,7 @@ import redis
 import redis.asyncio as aioredis
 
 from .broker import new_epoch
-from .broker.scripts import PUBLISH_LUA, publish_args, position_id
+from .broker.scripts import PUBLISH_LUA, position_id, publish_args
 from .config import Settings
 from .events import Event, EventError, check_channel, check_event_type, check_retry
 

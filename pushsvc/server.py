@@ -99,7 +99,7 @@ def run_worker(settings: Settings, config_path: str | None, sock: socket.socket)
                        "seconds": round(loop.time() - started, 3)},
             )
 
-        await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+        await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
 
     _new_loop_runner()(main())
 

@@ -22,7 +22,7 @@ from .broker import Broker, BrokerUnavailable
 from .events import EventError, Frame, parse_message
 from .hub import CLOSE, EXPIRED, OVERFLOW, PING, Hub, Subscriber, Sync
 from .metrics import Metrics
-from .resume import Position, format_stream_id
+from .resume import Position
 
 log = logging.getLogger("pushsvc.stream")
 

@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 from ..events import Event
 from ..resume import EMPTY, Position
 from . import BrokerUnavailable, History, Listener, history_key, meta_key, new_epoch
-from .scripts import PUBLISH_LUA, publish_args, position_id
+from .scripts import PUBLISH_LUA, position_id, publish_args
 
 log = logging.getLogger("pushsvc.redis")
 
@@ -183,10 +183,10 @@ class RedisBroker:
     async def _supervise(self) -> None:
         failures = 0
         while True:
-            conn = self._pubsub_factory.make_connection()
+            conn: Connection = self._pubsub_factory.make_connection()  # type: ignore[no-untyped-call]
             try:
                 async with asyncio.timeout(self.timeout * 2):
-                    await conn.connect()
+                    await conn.connect()  # type: ignore[no-untyped-call]
                 if failures or self.reconnects:
                     log.info("redis pub/sub connected again", extra={"after_failures": failures})
                 self._reset_subscription_state()

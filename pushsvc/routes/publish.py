@@ -52,6 +52,7 @@ async def publish() -> tuple[dict[str, Any], int]:
             "unsupported_media_type", "send the body as Content-Type: application/json", 415
         )
     raw = await request.get_data(cache=False, as_text=False)
+    assert isinstance(raw, bytes)
     events, batch = parse_body(raw, rt.settings.max_batch, rt.settings.max_event_bytes)
     try:
         ids = await rt.broker.publish(events)

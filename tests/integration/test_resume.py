@@ -130,7 +130,7 @@ async def test_publishes_racing_reconnects_lose_nothing_and_duplicate_nothing(
                         break
                     try:
                         event = await client.next_event(timeout=left)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                     data = json.loads(event.data)
                     received[data["ch"]].append(data["n"])

@@ -127,7 +127,7 @@ class Service:
                 "--workers", str(self.workers), "--config", str(ROOT / "hypercorn.toml")]
 
     def start(self, ready: str = "/healthz") -> Service:
-        log = open(self.log_path, "ab")  # noqa: SIM115
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
