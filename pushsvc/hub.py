@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .broker import Broker, BrokerUnavailable
+from .broker import Broker, BrokerUnavailable, History
 from .events import EventError, Frame, parse_message
 from .metrics import Metrics
 from .resume import EMPTY, Position
@@ -112,14 +112,28 @@ class Subscriber:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def take(self) -> list[Any]:
-        """Everything queued, waiting for at least one item."""
+    async def take(self, max_bytes: int = 256 * 1024) -> list[Any]:
+        """What is queued, up to about `max_bytes` of frames, waiting for at least one item.
+
+        The cap bounds the chunk a stream hands to the transport at once, so a peer that
+        stops reading pins at most one chunk in the process besides its queue.
+        """
         while not self.items:
             self.waiter = asyncio.get_running_loop().create_future()
             await self.waiter
-        items = list(self.items)
-        self.items.clear()
-        self.nbytes = 0
+        if self.nbytes <= max_bytes:
+            items = list(self.items)
+            self.items.clear()
+            self.nbytes = 0
+            return items
+        items = []
+        taken = 0
+        while self.items and taken < max_bytes:
+            item = self.items.popleft()
+            if type(item) is Frame:
+                taken += len(item.single)
+            items.append(item)
+        self.nbytes -= taken
         return items
 
 
@@ -132,6 +146,8 @@ class _Channel:
     idle_since: float | None = None
     resyncing: bool = False
     resync_again: bool = False
+    history: tuple[int, History, float] | None = None  # (read after seq, result, when)
+    history_pending: asyncio.Future[None] | None = None
 
 
 class Hub:
@@ -288,6 +304,43 @@ class Hub:
         finally:
             state.resyncing = False
 
+    # -- shared history reads ----------------------------------------------------------
+
+    async def history(self, channel: str, after_seq: int, need: Position) -> History:
+        """A history read for a stream's catch-up, shared by the streams that need it at once.
+
+        After a Redis restart or a reconnect every stream of a channel catches up at the
+        same moment; one read (single flight, reused for a second) serves all whose
+        position it covers: read after at most their sequence, and reaching `need`.
+        """
+        state = self._channels.get(channel)
+        if state is None:
+            return await self.broker.history(channel, after_seq)
+        for _ in range(2):
+            cached = state.history
+            if (
+                cached is not None
+                and cached[0] <= after_seq
+                and cached[1].epoch == need.epoch
+                and cached[1].last_seq >= need.seq
+                and time.monotonic() - cached[2] < 1.0
+            ):
+                return cached[1]
+            pending = state.history_pending
+            if pending is None:
+                break
+            await asyncio.shield(pending)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        state.history_pending = done
+        try:
+            result = await self.broker.history(channel, after_seq)
+            state.history = (after_seq, result, time.monotonic())
+            return result
+        finally:
+            done.set_result(None)
+            if state.history_pending is done:
+                state.history_pending = None
+
     # -- ticker ------------------------------------------------------------------------
 
     async def _tick_forever(self) -> None:
@@ -314,3 +367,6 @@ class Hub:
         for name in idle:
             del self._channels[name]
             self.broker.unsubscribe(name)
+        for state in self._channels.values():
+            if state.history is not None and now - state.history[2] >= 1.0:
+                state.history = None

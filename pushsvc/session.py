@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from . import sse
-from .broker import Broker, BrokerUnavailable
+from .broker import BrokerUnavailable
 from .events import EventError, Frame, parse_message
 from .hub import CLOSE, EXPIRED, OVERFLOW, PING, Hub, Subscriber, Sync
 from .metrics import Metrics
@@ -40,7 +40,6 @@ class StreamSession:
     def __init__(
         self,
         hub: Hub,
-        broker: Broker,
         metrics: Metrics,
         channels: tuple[str, ...],
         resume: list[Position] | None,
@@ -51,7 +50,6 @@ class StreamSession:
         expires_at: float | None = None,
     ) -> None:
         self.hub = hub
-        self.broker = broker
         self.metrics = metrics
         self.channels = channels  # sorted, unique
         self.index = {name: i for i, name in enumerate(channels)}
@@ -190,7 +188,7 @@ class StreamSession:
             # "0" = the channel had no history; seq 1 of a new epoch is its very first event.
             self._deliver(i, frame, out)
             return
-        await self._catch_up(i, out)
+        await self._catch_up(i, out, Position(frame.epoch, frame.seq - 1))
         if frame.epoch == self.epochs[i] and frame.seq == self.seqs[i] + 1:
             self._deliver(i, frame, out)
 
@@ -208,13 +206,15 @@ class StreamSession:
             return
         if target.epoch == self.epochs[i] and target.seq <= self.seqs[i]:
             return
-        await self._catch_up(i, out)
+        await self._catch_up(i, out, target)
 
-    async def _catch_up(self, i: int, out: list[bytes]) -> None:
+    async def _catch_up(self, i: int, out: list[bytes], need: Position) -> None:
+        """Replay what the stream missed on channel i, or reset it; `need` is a position
+        known to exist (a read must reach it to be of use)."""
         channel = self.channels[i]
         epoch, seq = self.epochs[i], self.seqs[i]
         try:
-            history = await self.broker.history(channel, seq if epoch is not None else 0)
+            history = await self.hub.history(channel, seq if epoch is not None else 0, need)
         except BrokerUnavailable as exc:
             # End the stream: the browser reconnects with its last id and nothing is lost.
             self.metrics.catch_up_failures += 1

@@ -111,9 +111,12 @@ class RedisBroker:
         await self._pubsub_factory.disconnect()
 
     def status(self) -> tuple[bool, str]:
-        if self._connected:
-            return True, "redis pub/sub connected"
-        return False, f"redis unavailable: {self._last_error}"
+        if not self._connected:
+            return False, f"redis unavailable: {self._last_error}"
+        pinged = self._ping_sent_at
+        if pinged is not None and asyncio.get_running_loop().time() - pinged > self.timeout:
+            return False, "redis does not answer (paused or overloaded)"
+        return True, "redis pub/sub connected"
 
     # -- publishing and history ------------------------------------------------------
 

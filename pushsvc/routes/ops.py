@@ -37,6 +37,8 @@ async def metrics() -> Response:
         "# TYPE pushsvc_subscribed_channels gauge",
         f"pushsvc_subscribed_channels {rt.hub.channel_count}",
     ]
+    reconnects = getattr(rt.broker, "reconnects", 0)
+    lines += ["# TYPE pushsvc_redis_reconnects_total counter", f"pushsvc_redis_reconnects_total {reconnects}"]
     for name, value in rt.metrics.snapshot().items():
         lines += [f"# TYPE pushsvc_{name}_total counter", f"pushsvc_{name}_total {value}"]
     return Response("\n".join(lines) + "\n", 200, {"Content-Type": "text/plain; version=0.0.4"})
