@@ -49,7 +49,8 @@ def require_binary(name: str) -> str:
 class RedisServer:
     """A private redis-server the tests can kill, pause (SIGSTOP) and restart."""
 
-    def __init__(self) -> None:
+    def __init__(self, persist: bool = False) -> None:
+        self.persist = persist  # AOF with fsync always: data survives kill + restart
         self.binary = require_binary("redis-server")
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="pushsvc-redis-")
@@ -62,7 +63,8 @@ class RedisServer:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--protected-mode", "no"],
+             "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
+             "--dir", self.dir, "--protected-mode", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_until(self._pings, 10, what="redis-server to answer")

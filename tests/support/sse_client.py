@@ -24,6 +24,7 @@ class SSEClient:
         self.body = bytearray()  # non-stream bodies (JSON errors)
         self._events: list[Event] = []
         self.ended = False
+        self.completed = False  # the response ended with its final chunk (not a reset)
         self.chunked = False
 
     @classmethod
@@ -74,10 +75,15 @@ class SSEClient:
         data = await self.reader.readexactly(size + 2)
         if size == 0:
             self.ended = True
+            self.completed = True
         return data[:-2]
 
     async def _pump(self) -> None:
-        data = await self._read_chunk()
+        try:
+            data = await self._read_chunk()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.ended = True
+            return
         self.raw += data
         self._events += self.parser.feed(data)
 
