@@ -142,10 +142,11 @@ class _Channel:
     subscribers: set[Subscriber] = field(default_factory=set)
     synced: bool = False
     position: Position = EMPTY
-    version: int = 0  # bumped by every live message, to merge with a concurrent read
     idle_since: float | None = None
     resyncing: bool = False
     resync_again: bool = False
+    watching: bool = False  # a resync is deciding its position: note the first live frame
+    first_live: Position | None = None
     history: tuple[int, History, float] | None = None  # (read after seq, result, when)
     history_pending: asyncio.Future[None] | None = None
 
@@ -255,7 +256,8 @@ class Hub:
             return
         if frame.epoch is not None:
             state.position = Position(frame.epoch, frame.seq)
-            state.version += 1
+            if state.watching and state.first_live is None:
+                state.first_live = state.position
         self.metrics.events_received += 1
         cut = None
         for sub in state.subscribers:
@@ -275,34 +277,50 @@ class Hub:
             state.resync_again = True
             return
         state.resyncing = True
+        state.watching = True
+        state.first_live = None
         task = asyncio.get_running_loop().create_task(self._resync(channel, state))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _resync(self, channel: str, state: _Channel) -> None:
-        """Read the confirmed channel's position once, then tell its subscribers."""
+        """Find the exact position from which the confirmed subscription delivers every
+        event live, then tell the channel's subscribers (`Sync`).
+
+        Read the channel's position S, then a barrier on the pub/sub connection: every
+        event published before the read has then been received.  If live frames arrived
+        since the confirmation, the first one (L) shows where live delivery starts:
+        streams need history only up to L - 1; otherwise up to S.
+        """
         delay = 0.1
         try:
             while self._channels.get(channel) is state:
                 state.resync_again = False
-                version = state.version
+                state.watching = True
+                state.first_live = None
                 try:
                     position = await self.broker.position(channel)
+                    await self.broker.barrier()
                 except BrokerUnavailable:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
                     continue
-                if state.version == version:
-                    state.position = position
-                elif state.position.epoch == position.epoch:
-                    state.position = Position(position.epoch, max(position.seq, state.position.seq))
+                state.watching = False
+                first = state.first_live
+                if first is not None and first.epoch == position.epoch and first.seq <= position.seq:
+                    sync_at = Position(position.epoch, first.seq - 1)
+                else:
+                    sync_at = position
+                if first is None or state.position.epoch != sync_at.epoch:
+                    state.position = sync_at
                 state.synced = True
                 for sub in state.subscribers:
-                    sub.push_control(Sync(channel, state.position))
+                    sub.push_control(Sync(channel, sync_at))
                 if not state.resync_again:
                     return
         finally:
             state.resyncing = False
+            state.watching = False
 
     # -- shared history reads ----------------------------------------------------------
 

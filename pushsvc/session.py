@@ -62,6 +62,7 @@ class StreamSession:
         self.synced = [False] * count
         self.fresh = resume is None and not unreadable_id
         self.unreadable = unreadable_id
+        self.held: list[Frame] = []  # live frames of channels not synced yet
         self.pending_resets: list[tuple[str, str]] = []
         self.dirty = False
         self.delivered = 0
@@ -171,7 +172,8 @@ class StreamSession:
     async def _on_frame(self, frame: Frame, out: list[bytes]) -> None:
         i = self.index[frame.channel] if self.multi else 0
         if not self.synced[i]:
-            return  # covered by the catch-up that the coming Sync triggers
+            self.held.append(frame)  # delivered after the coming Sync, from its position
+            return
         if frame.epoch is None:  # foreign message: live only, no id
             if self.pending_resets:
                 self._emit_resets(out)
@@ -197,16 +199,20 @@ class StreamSession:
         first = not self.synced[i]
         self.synced[i] = True
         target = item.position
+        if first:
+            self.dirty = True  # once every channel is synced, the stream states its position
         if first and (self.fresh or self.unreadable):
             if self.unreadable:
                 self._reset(i, "unreadable_id", target)
             else:
                 self._set(i, target.epoch, target.seq)
-                self.dirty = True
-            return
-        if target.epoch == self.epochs[i] and target.seq <= self.seqs[i]:
-            return
-        await self._catch_up(i, out, target)
+        elif target.epoch != self.epochs[i] or target.seq > self.seqs[i]:
+            await self._catch_up(i, out, target)
+        if first and self.held:
+            held = [frame for frame in self.held if frame.channel == item.channel]
+            self.held = [frame for frame in self.held if frame.channel != item.channel]
+            for frame in held:
+                await self._on_frame(frame, out)
 
     async def _catch_up(self, i: int, out: list[bytes], need: Position) -> None:
         """Replay what the stream missed on channel i, or reset it; `need` is a position

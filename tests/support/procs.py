@@ -108,8 +108,9 @@ class Service:
     """A pushsvc process (`pushsvc serve`, or plain `hypercorn` with hypercorn.toml)."""
 
     def __init__(self, env: dict[str, str] | None = None, mode: str = "serve",
-                 workers: int = 1, port: int | None = None) -> None:
+                 workers: int = 1, port: int | None = None, config: Path | None = None) -> None:
         self.port = port or free_port()
+        self.config = config or ROOT / "hypercorn.toml"
         self.mode = mode
         self.workers = workers
         self.env = {**os.environ, "PUSHSVC_LOG_LEVEL": "INFO", **(env or {})}
@@ -123,10 +124,10 @@ class Service:
 
     def command(self) -> list[str]:
         if self.mode == "hypercorn":
-            return [sys.executable, "-m", "hypercorn", "--config", str(ROOT / "hypercorn.toml"),
+            return [sys.executable, "-m", "hypercorn", "--config", str(self.config),
                     "--bind", f"127.0.0.1:{self.port}", "pushsvc.app:create_app()"]
         return [sys.executable, "-m", "pushsvc.cli", "serve", "--bind", f"127.0.0.1:{self.port}",
-                "--workers", str(self.workers), "--config", str(ROOT / "hypercorn.toml")]
+                "--workers", str(self.workers), "--config", str(self.config)]
 
     def start(self, ready: str = "/healthz") -> Service:
         log = open(self.log_path, "ab")

@@ -10,7 +10,6 @@ import codecs
 import re
 from dataclasses import dataclass, field
 
-
 _TERMINATOR = re.compile(r"\r\n|\r|\n")
 
 
