@@ -172,6 +172,10 @@ class StreamSession:
     async def _on_frame(self, frame: Frame, out: list[bytes]) -> None:
         i = self.index[frame.channel] if self.multi else 0
         if not self.synced[i]:
+            if len(self.held) >= self.subscriber.max_items:  # no Sync for too long: start over
+                self.held.clear()
+                self.end_reason = "catch_up_failed"
+                return
             self.held.append(frame)  # delivered after the coming Sync, from its position
             return
         if frame.epoch is None:  # foreign message: live only, no id
