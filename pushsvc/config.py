@@ -68,8 +68,9 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
-def _setting(default: Any, parse: Callable[[str], Any], doc: str) -> Any:
-    return field(default=default, metadata={"parse": parse, "doc": doc})
+def _setting(default: Any, parse: Callable[[str], Any], doc: str, secret: bool = False) -> Any:
+    # A secret stays out of repr(settings), so a logged or printed Settings shows no credential.
+    return field(default=default, metadata={"parse": parse, "doc": doc}, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class Settings:
         "(one process only)."
     )
     publish_tokens: tuple[str, ...] = _setting(
-        (), _list, "Comma-separated bearer tokens accepted by `POST /publish`."
+        (), _list, "Comma-separated bearer tokens accepted by `POST /publish`.", secret=True
     )
     allow_anonymous_publish: bool = _setting(
         False, _bool, "Development only: accept `POST /publish` without a token."
@@ -138,7 +139,8 @@ class Settings:
         "alone: every channel) whose streams need a JWT allowing them."
     )
     jwt_secret: str | None = _setting(
-        None, _opt_str, "HS256 shared secret (at least 32 bytes) for subscriber and publisher JWTs."
+        None, _opt_str, "HS256 shared secret (at least 32 bytes) for subscriber and publisher JWTs.",
+        secret=True,
     )
     jwt_public_key: str | None = _setting(
         None, _opt_str, "PEM public key for RS256 (RSA) or ES256 (EC P-256) JWTs; the algorithm "

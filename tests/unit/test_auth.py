@@ -209,6 +209,11 @@ def test_bad_security_settings_stop_start_up_naming_the_variable(env, named):
         Settings.from_env(env)
 
 
+def test_settings_repr_shows_no_secret():
+    settings = Settings.from_env({"PUSHSVC_JWT_SECRET": jwts.SECRET, "PUSHSVC_PUBLISH_TOKENS": STATIC})
+    assert jwts.SECRET not in repr(settings) and STATIC not in repr(settings)
+
+
 def test_public_key_on_one_line_with_escaped_newlines_is_accepted():
     pem = jwts.public_pem(jwts.ec_key()).strip().replace("\n", "\\n")
     settings = Settings.from_env({"PUSHSVC_JWT_PUBLIC_KEY": pem, "PUSHSVC_PRIVATE_CHANNELS": "*"})
