@@ -78,7 +78,7 @@ async def test_stream_status_matrix(secure_service, channel, private, credential
             assert client.headers["content-type"] == "application/json"
             body = json.loads(client.body)
             assert body["error"] == ("unauthorized" if expected == 401 else "forbidden")
-            assert client.raw == b""  # no stream byte ever
+            assert b"data:" not in client.raw and client.last_event_id == ""  # no stream byte ever
     finally:
         await client.close()
 
