@@ -13,6 +13,8 @@ from typing import Any
 from quart import Quart, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from . import cors
+from .auth import Authority
 from .broker import create_broker
 from .config import Settings
 from .errors import ApiError
@@ -69,6 +71,8 @@ def create_app(settings: Settings | None = None) -> Quart:
     )
     hub = Hub(broker, metrics, keepalive_seconds=settings.keepalive_seconds)
     app.extensions["pushsvc"] = Runtime(settings, broker, hub, metrics)
+    app.extensions["pushsvc.auth"] = Authority(settings)
+    cors.install(app, settings.cors_origins)
     guard = SingleProcessGuard()
 
     for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp):

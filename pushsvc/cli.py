@@ -1,4 +1,4 @@
-"""The `pushsvc` command: serve, publish."""
+"""The `pushsvc` command: serve, publish, token."""
 
 from __future__ import annotations
 
@@ -57,6 +57,30 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split(values: list[str] | None) -> list[str]:
+    return [item.strip() for value in values or [] for item in value.split(",") if item.strip()]
+
+
+def _token(args: argparse.Namespace) -> int:
+    from .patterns import PATTERN_RE
+    from .tokens import mint
+
+    settings = Settings.from_env()
+    if settings.jwt_secret is None:
+        raise ConfigError("pushsvc token mints HS256 tokens: set PUSHSVC_JWT_SECRET (32+ bytes)")
+    subscribe, publish = _split(args.subscribe), _split(args.publish)
+    if not subscribe and not publish:
+        raise ConfigError("give --subscribe and/or --publish channel patterns")
+    for pattern in subscribe + publish:
+        if PATTERN_RE.fullmatch(pattern) is None:
+            raise ConfigError(f"{pattern!r} is not a channel name or pattern")
+    print(mint(
+        settings.jwt_secret, subscribe=subscribe, publish=publish, ttl_seconds=args.ttl,
+        audience=settings.jwt_audience, issuer=settings.jwt_issuer, subject=args.sub,
+    ))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pushsvc", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="publish through a running service's POST /publish instead")
     publish.add_argument("--token", default=None, help="bearer token for --http (or PUSHSVC_TOKEN)")
     publish.set_defaults(func=_publish)
+
+    token = commands.add_parser(
+        "token", help="mint a development JWT (HS256, PUSHSVC_JWT_SECRET; aud/iss from "
+        "PUSHSVC_JWT_AUDIENCE/PUSHSVC_JWT_ISSUER)")
+    token.add_argument("--subscribe", action="append", metavar="PATTERNS",
+                       help="channels it may subscribe to (repeatable or comma-separated; * wildcard)")
+    token.add_argument("--publish", action="append", metavar="PATTERNS",
+                       help="channels it may publish to (repeatable or comma-separated; * wildcard)")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
+    token.add_argument("--sub", default=None, help="optional subject (sub claim)")
+    token.set_defaults(func=_token)
     return parser
 
 

@@ -8,6 +8,7 @@ Units are in the names.  The README has the table of every setting (kept in sync
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -67,8 +68,9 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
-def _setting(default: Any, parse: Callable[[str], Any], doc: str) -> Any:
-    return field(default=default, metadata={"parse": parse, "doc": doc})
+def _setting(default: Any, parse: Callable[[str], Any], doc: str, secret: bool = False) -> Any:
+    # A secret stays out of repr(settings), so a logged or printed Settings shows no credential.
+    return field(default=default, metadata={"parse": parse, "doc": doc}, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class Settings:
         "(one process only)."
     )
     publish_tokens: tuple[str, ...] = _setting(
-        (), _list, "Comma-separated bearer tokens accepted by `POST /publish`."
+        (), _list, "Comma-separated bearer tokens accepted by `POST /publish`.", secret=True
     )
     allow_anonymous_publish: bool = _setting(
         False, _bool, "Development only: accept `POST /publish` without a token."
@@ -136,6 +138,34 @@ class Settings:
         2.0, _float_range(0, 300), "On SIGTERM, how long `pushsvc serve` waits for streams to "
         "end; keep it below Hypercorn's graceful_timeout."
     )
+    private_channels: tuple[str, ...] = _setting(
+        (), _list, "Comma-separated channel patterns (`*` matches any run of characters, `*` "
+        "alone: every channel) whose streams need a JWT allowing them."
+    )
+    jwt_secret: str | None = _setting(
+        None, _opt_str, "HS256 shared secret (at least 32 bytes) for subscriber and publisher JWTs.",
+        secret=True,
+    )
+    jwt_public_key: str | None = _setting(
+        None, _opt_str, "PEM public key for RS256 (RSA) or ES256 (EC P-256) JWTs; the algorithm "
+        "follows the key type."
+    )
+    jwt_audience: str | None = _setting(
+        None, _opt_str, "Required `aud` of JWTs (unset: tokens carrying an `aud` are refused)."
+    )
+    jwt_issuer: str | None = _setting(None, _opt_str, "Required `iss` of JWTs (unset: not checked).")
+    jwt_leeway_seconds: int = _setting(
+        5, _int_range(0, 300), "Clock leeway for `exp` and `nbf`; a stream closes at `exp` plus it."
+    )
+    jwt_cookie: str = _setting(
+        "pushsvc_token", _str, "Cookie read for a subscriber JWT (after `Authorization: Bearer`, "
+        "before `?token=`)."
+    )
+    cors_origins: tuple[str, ...] = _setting(
+        (), _list, "Comma-separated exact origins (`https://app.example.com`) allowed to read "
+        "streams and publish from a browser, with credentials; `*` alone: any origin, without "
+        "credentials."
+    )
     log_format: str = _setting("text", _choice("text", "json"), "`text` or `json` (one object "
                                "per line).")
     log_level: str = _setting(
@@ -165,10 +195,50 @@ class Settings:
             raise ConfigError(
                 f"{env_name('redis_url')} must start with redis://, rediss:// or unix://"
             )
+        self._validate_security()
         if self.max_event_bytes > self.max_body_bytes:
             raise ConfigError(
                 f"{env_name('max_event_bytes')} must not exceed {env_name('max_body_bytes')}"
             )
+
+
+    def _validate_security(self) -> None:
+        from .patterns import PATTERN_RE
+
+        for pattern in self.private_channels:
+            if PATTERN_RE.fullmatch(pattern) is None:
+                raise ConfigError(
+                    f"{env_name('private_channels')}: {pattern!r} is not a channel pattern (1 to 200 "
+                    "letters, digits, _ - . : @ / or the wildcard *)"
+                )
+        if self.jwt_secret is not None and len(self.jwt_secret.encode("utf-8")) < 32:
+            raise ConfigError(f"{env_name('jwt_secret')} must be at least 32 bytes (RFC 7518 3.2)")
+        if self.jwt_public_key is not None:
+            from .tokens import load_public_key
+
+            load_public_key(self.jwt_public_key)  # ConfigError naming the variable
+        if self.private_channels and self.jwt_secret is None and self.jwt_public_key is None:
+            raise ConfigError(
+                f"{env_name('private_channels')} is set but no key verifies tokens: set "
+                f"{env_name('jwt_secret')} or {env_name('jwt_public_key')}"
+            )
+        if not _COOKIE_NAME_RE.fullmatch(self.jwt_cookie):
+            raise ConfigError(f"{env_name('jwt_cookie')}={self.jwt_cookie!r} is not a cookie name")
+        if "*" in self.cors_origins and len(self.cors_origins) > 1:
+            raise ConfigError(
+                f"{env_name('cors_origins')}: '*' (any origin, no credentials) cannot be combined "
+                "with named origins"
+            )
+        for origin in self.cors_origins:
+            if origin != "*" and _ORIGIN_RE.fullmatch(origin) is None:
+                raise ConfigError(
+                    f"{env_name('cors_origins')}: {origin!r} is not an origin like "
+                    "https://app.example.com (scheme, host, optional port; no path)"
+                )
+
+
+_COOKIE_NAME_RE = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,100}")
+_ORIGIN_RE = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 def env_name(field_name: str) -> str:

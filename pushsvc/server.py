@@ -25,6 +25,7 @@ from typing import Any
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
+from .accesslog import RedactingLogger
 from .config import ConfigError, Settings
 from .logs import configure as configure_logging
 
@@ -82,6 +83,7 @@ def run_worker(settings: Settings, config_path: str | None, sock: socket.socket)
     config = hypercorn_config(config_path)
     config.bind = [f"fd://{sock.fileno()}"]
     config.workers = 1
+    config.logger_class = RedactingLogger  # no ?token= (nor credentials headers) in the access log
     app = create_app(settings)
     hub = app.extensions["pushsvc"].hub
     if config.graceful_timeout <= settings.drain_seconds:

@@ -6,7 +6,7 @@ from typing import Any
 
 from quart import Blueprint, request
 
-from ..auth import check_publisher
+from ..auth import authority
 from ..broker import BrokerUnavailable
 from ..errors import ApiError
 from ..events import EventError, event_from_json, loads
@@ -46,7 +46,7 @@ def parse_body(raw: bytes, max_batch: int, max_event_bytes: int) -> tuple[list[A
 @bp.post("/publish")
 async def publish() -> tuple[dict[str, Any], int]:
     rt = runtime()
-    check_publisher(rt.settings, request.headers.get("Authorization"))
+    scope = authority().authenticate_publisher(request.headers.get("Authorization"))
     if request.mimetype != "application/json":
         raise ApiError(
             "unsupported_media_type", "send the body as Content-Type: application/json", 415
@@ -54,6 +54,7 @@ async def publish() -> tuple[dict[str, Any], int]:
     raw = await request.get_data(cache=False, as_text=False)
     assert isinstance(raw, bytes)
     events, batch = parse_body(raw, rt.settings.max_batch, rt.settings.max_event_bytes)
+    scope.check([event.channels for event in events], batch)  # 403 before anything is published
     try:
         ids = await rt.broker.publish(events)
     except BrokerUnavailable as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, request
 
 from .. import sse
+from ..auth import authority
 from ..errors import ApiError
 from ..events import DEFAULT_CHANNEL, EventError, check_channel
 from ..resume import parse_stream_id
@@ -39,6 +40,10 @@ async def stream() -> Response:
     rt = runtime()
     settings = rt.settings
     channels = requested_channels(request.args.getlist("channel"), settings.max_channels_per_stream)
+    # 401/403 before anything is subscribed: no stream opens for a refused request.
+    expires_at = authority().authorize_stream(
+        channels, authority().subscriber_token(request.headers, request.cookies, request.args)
+    )
     last_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
     resume = parse_stream_id(last_id, len(channels)) if last_id else None
     if rt.hub.draining or rt.hub.stream_count >= settings.max_streams:
@@ -50,6 +55,7 @@ async def stream() -> Response:
         retry_ms=settings.retry_ms,
         queue_size=settings.queue_size,
         queue_bytes=settings.queue_bytes,
+        expires_at=expires_at,
     )
     rt.metrics.streams_opened += 1
     response = Response(session.frames(), 200, STREAM_HEADERS)

@@ -33,7 +33,7 @@ async def test_sigterm_with_2000_open_streams_ends_every_stream_cleanly(service_
         elapsed = time.monotonic() - started
     finally:
         await asyncio.gather(*[c.close() for c in clients])
-    assert code == 0
+    assert code == 0, service.log()[-4000:]
     assert all(c.completed for c in clients), sum(not c.completed for c in clients)
     retries = {c.parser.retry for c in clients}
     assert len(retries) > 1 and all(2400 <= r <= 3600 for r in retries)  # jittered retry hints
@@ -54,7 +54,7 @@ async def test_sigterm_with_two_workers_drains_both(service_factory, redis_url):
         code = await asyncio.to_thread(service.proc.wait, 15)
     finally:
         await asyncio.gather(*[c.close() for c in clients])
-    assert code == 0
+    assert code == 0, service.log()[-4000:]
     assert all(c.completed for c in clients)
     log = service.log()
     assert log.count("drained streams for shutdown") == 2  # each worker drained its own streams
