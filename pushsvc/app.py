@@ -8,18 +8,20 @@ import multiprocessing
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from quart import Quart, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from .asgi import RequestContext
 from .broker import create_broker
 from .config import Settings
 from .errors import ApiError
+from .exporter import Exporter
 from .hub import Hub
 from .logs import configure as configure_logging
 from .metrics import Metrics
-from .routes import ops, pages, publish, stream
+from .routes import channels, docs, ops, pages, publish, stream
 from .runtime import Runtime
 
 log = logging.getLogger("pushsvc.app")
@@ -68,10 +70,15 @@ def create_app(settings: Settings | None = None) -> Quart:
         **({"timeout_seconds": settings.redis_timeout_seconds} if settings.redis_url else {}),
     )
     hub = Hub(broker, metrics, keepalive_seconds=settings.keepalive_seconds)
-    app.extensions["pushsvc"] = Runtime(settings, broker, hub, metrics)
+    rt = app.extensions["pushsvc"] = Runtime(settings, broker, hub, metrics)
+    exporter = app.extensions["pushsvc.exporter"] = Exporter(rt)
     guard = SingleProcessGuard()
+    # Pure ASGI (never buffers a body): real client address, request ids, access log.
+    app.asgi_app = RequestContext(  # type: ignore[method-assign, assignment]
+        cast(Any, app.asgi_app), settings.trusted_proxies
+    )
 
-    for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp):
+    for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp, channels.bp, docs.bp):
         app.register_blueprint(blueprint)
 
     @app.before_serving
@@ -82,12 +89,14 @@ def create_app(settings: Settings | None = None) -> Quart:
         else:
             log.info("using redis", extra={"redis": _redact_url(settings.redis_url)})
         await hub.start()
+        await exporter.start()
         log.info("pushsvc started", extra={"pid": os.getpid()})
 
     @app.after_serving
     async def stop() -> None:
         await hub.drain(0)
         await hub.stop()
+        await exporter.stop()
         log.info("pushsvc stopped", extra={"pid": os.getpid()})
 
     @app.errorhandler(ApiError)

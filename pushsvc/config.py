@@ -7,6 +7,7 @@ Units are in the names.  The README has the table of every setting (kept in sync
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -36,6 +37,13 @@ def _bool(value: str) -> bool:
 
 def _list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _networks(value: str) -> tuple[str, ...]:
+    items = _list(value)
+    for item in items:
+        ipaddress.ip_network(item, strict=False)  # ValueError names the bad item
+    return items
 
 
 def _int_range(low: int, high: int) -> Callable[[str], int]:
@@ -131,6 +139,14 @@ class Settings:
     drain_seconds: float = _setting(
         2.0, _float_range(0, 300), "On SIGTERM, how long `pushsvc serve` waits for streams to "
         "end; keep it below Hypercorn's graceful_timeout."
+    )
+    trusted_proxies: tuple[str, ...] = _setting(
+        (), _networks, "Comma-separated IPs/CIDRs of reverse proxies whose `X-Forwarded-For` is "
+        "believed (the client address in logs); from any other peer the header is ignored."
+    )
+    metrics_dir: str | None = _setting(
+        None, _opt_str, "Directory where each worker writes its counters every second so that "
+        "any worker's `/metrics` reports the sum; `pushsvc serve --workers N` makes one itself."
     )
     log_format: str = _setting("text", _choice("text", "json"), "`text` or `json` (one object "
                                "per line).")
