@@ -59,7 +59,7 @@ class SingleProcessGuard:
 def create_app(settings: Settings | None = None) -> Quart:
     settings = settings or Settings.from_env()
     configure_logging(settings.log_format, settings.log_level)
-    app = Quart(__name__, template_folder=_templates_dir())
+    app = Quart(__name__, template_folder=_templates_dir(), static_folder=None)  # no static files
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["JSON_SORT_KEYS"] = False
     metrics = Metrics()
