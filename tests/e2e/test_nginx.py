@@ -99,6 +99,7 @@ async def test_idle_stream_survives_nginx_read_timeout_thanks_to_heartbeats(stac
         assert client.parser.comments.count("ping") >= 7
         async with httpx.AsyncClient(base_url=stack.nginx.base, headers=AUTH, timeout=5) as http:
             response = await http.post("/publish", json={"channel": "nginx-idle", "data": "still here"})
+            assert response.status_code == 202
         event = await client.next_event(timeout=2)
         assert event.data == "still here"
     finally:
