@@ -23,7 +23,7 @@ from . import sse
 
 CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-.:@/]{1,200}")
 EVENT_TYPE_RE = re.compile(r"[A-Za-z0-9_\-.:@/]{1,100}")
-EPOCH_RE = re.compile(r"[a-z0-9]{1,16}")
+EPOCH_RE = re.compile(r"[a-z0-9]{8}")
 DEFAULT_CHANNEL = "sse"
 MAX_RETRY_MS = 24 * 3600 * 1000
 MAX_JSON_DEPTH = 64

@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .broker import Broker, BrokerUnavailable
+from .broker import Broker, BrokerUnavailable, History
 from .events import EventError, Frame, parse_message
 from .metrics import Metrics
 from .resume import EMPTY, Position
@@ -112,14 +112,28 @@ class Subscriber:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def take(self) -> list[Any]:
-        """Everything queued, waiting for at least one item."""
+    async def take(self, max_bytes: int = 256 * 1024) -> list[Any]:
+        """What is queued, up to about `max_bytes` of frames, waiting for at least one item.
+
+        The cap bounds the chunk a stream hands to the transport at once, so a peer that
+        stops reading pins at most one chunk in the process besides its queue.
+        """
         while not self.items:
             self.waiter = asyncio.get_running_loop().create_future()
             await self.waiter
-        items = list(self.items)
-        self.items.clear()
-        self.nbytes = 0
+        if self.nbytes <= max_bytes:
+            items = list(self.items)
+            self.items.clear()
+            self.nbytes = 0
+            return items
+        items = []
+        taken = 0
+        while self.items and taken < max_bytes:
+            item = self.items.popleft()
+            if type(item) is Frame:
+                taken += len(item.single)
+            items.append(item)
+        self.nbytes -= taken
         return items
 
 
@@ -128,10 +142,13 @@ class _Channel:
     subscribers: set[Subscriber] = field(default_factory=set)
     synced: bool = False
     position: Position = EMPTY
-    version: int = 0  # bumped by every live message, to merge with a concurrent read
     idle_since: float | None = None
     resyncing: bool = False
     resync_again: bool = False
+    watching: bool = False  # a resync is deciding its position: note the first live frame
+    first_live: Position | None = None
+    history: tuple[int, History, float] | None = None  # (read after seq, result, when)
+    history_pending: asyncio.Future[None] | None = None
 
 
 class Hub:
@@ -239,7 +256,8 @@ class Hub:
             return
         if frame.epoch is not None:
             state.position = Position(frame.epoch, frame.seq)
-            state.version += 1
+            if state.watching and state.first_live is None:
+                state.first_live = state.position
         self.metrics.events_received += 1
         cut = None
         for sub in state.subscribers:
@@ -259,34 +277,87 @@ class Hub:
             state.resync_again = True
             return
         state.resyncing = True
+        state.watching = True
+        state.first_live = None
         task = asyncio.get_running_loop().create_task(self._resync(channel, state))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _resync(self, channel: str, state: _Channel) -> None:
-        """Read the confirmed channel's position once, then tell its subscribers."""
+        """Find the exact position from which the confirmed subscription delivers every
+        event live, then tell the channel's subscribers (`Sync`).
+
+        Read the channel's position S, then a barrier on the pub/sub connection: every
+        event published before the read has then been received.  If live frames arrived
+        since the confirmation, the first one (L) shows where live delivery starts:
+        streams need history only up to L - 1; otherwise up to S.
+        """
         delay = 0.1
         try:
             while self._channels.get(channel) is state:
                 state.resync_again = False
-                version = state.version
+                state.watching = True
+                state.first_live = None
                 try:
                     position = await self.broker.position(channel)
+                    await self.broker.barrier()
                 except BrokerUnavailable:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
                     continue
-                if state.version == version:
-                    state.position = position
-                elif state.position.epoch == position.epoch:
-                    state.position = Position(position.epoch, max(position.seq, state.position.seq))
+                state.watching = False
+                first = state.first_live
+                if first is not None and first.epoch == position.epoch and first.seq <= position.seq:
+                    sync_at = Position(position.epoch, first.seq - 1)
+                else:
+                    sync_at = position
+                if first is None or state.position.epoch != sync_at.epoch:
+                    state.position = sync_at
                 state.synced = True
                 for sub in state.subscribers:
-                    sub.push_control(Sync(channel, state.position))
+                    sub.push_control(Sync(channel, sync_at))
                 if not state.resync_again:
                     return
         finally:
             state.resyncing = False
+            state.watching = False
+
+    # -- shared history reads ----------------------------------------------------------
+
+    async def history(self, channel: str, after_seq: int, need: Position) -> History:
+        """A history read for a stream's catch-up, shared by the streams that need it at once.
+
+        After a Redis restart or a reconnect every stream of a channel catches up at the
+        same moment; one read (single flight, reused for a second) serves all whose
+        position it covers: read after at most their sequence, and reaching `need`.
+        """
+        state = self._channels.get(channel)
+        if state is None:
+            return await self.broker.history(channel, after_seq)
+        for _ in range(2):
+            cached = state.history
+            if (
+                cached is not None
+                and cached[0] <= after_seq
+                and cached[1].epoch == need.epoch
+                and cached[1].last_seq >= need.seq
+                and time.monotonic() - cached[2] < 1.0
+            ):
+                return cached[1]
+            pending = state.history_pending
+            if pending is None:
+                break
+            await asyncio.shield(pending)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        state.history_pending = done
+        try:
+            result = await self.broker.history(channel, after_seq)
+            state.history = (after_seq, result, time.monotonic())
+            return result
+        finally:
+            done.set_result(None)
+            if state.history_pending is done:
+                state.history_pending = None
 
     # -- ticker ------------------------------------------------------------------------
 
@@ -314,3 +385,6 @@ class Hub:
         for name in idle:
             del self._channels[name]
             self.broker.unsubscribe(name)
+        for state in self._channels.values():
+            if state.history is not None and now - state.history[2] >= 1.0:
+                state.history = None

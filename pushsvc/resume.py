@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 MAX_ID_LENGTH = 8192
-_PART = re.compile(r"([a-z0-9]{1,16})-([0-9]{1,18})")
+_PART = re.compile(r"([a-z0-9]{8})-([0-9]{1,18})")
 
 
 @dataclass(slots=True, frozen=True)

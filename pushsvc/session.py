@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from . import sse
-from .broker import Broker, BrokerUnavailable
+from .broker import BrokerUnavailable
 from .events import EventError, Frame, parse_message
 from .hub import CLOSE, EXPIRED, OVERFLOW, PING, Hub, Subscriber, Sync
 from .metrics import Metrics
@@ -40,7 +40,6 @@ class StreamSession:
     def __init__(
         self,
         hub: Hub,
-        broker: Broker,
         metrics: Metrics,
         channels: tuple[str, ...],
         resume: list[Position] | None,
@@ -51,7 +50,6 @@ class StreamSession:
         expires_at: float | None = None,
     ) -> None:
         self.hub = hub
-        self.broker = broker
         self.metrics = metrics
         self.channels = channels  # sorted, unique
         self.index = {name: i for i, name in enumerate(channels)}
@@ -64,6 +62,7 @@ class StreamSession:
         self.synced = [False] * count
         self.fresh = resume is None and not unreadable_id
         self.unreadable = unreadable_id
+        self.held: list[Frame] = []  # live frames of channels not synced yet
         self.pending_resets: list[tuple[str, str]] = []
         self.dirty = False
         self.delivered = 0
@@ -173,7 +172,8 @@ class StreamSession:
     async def _on_frame(self, frame: Frame, out: list[bytes]) -> None:
         i = self.index[frame.channel] if self.multi else 0
         if not self.synced[i]:
-            return  # covered by the catch-up that the coming Sync triggers
+            self.held.append(frame)  # delivered after the coming Sync, from its position
+            return
         if frame.epoch is None:  # foreign message: live only, no id
             if self.pending_resets:
                 self._emit_resets(out)
@@ -190,7 +190,7 @@ class StreamSession:
             # "0" = the channel had no history; seq 1 of a new epoch is its very first event.
             self._deliver(i, frame, out)
             return
-        await self._catch_up(i, out)
+        await self._catch_up(i, out, Position(frame.epoch, frame.seq - 1))
         if frame.epoch == self.epochs[i] and frame.seq == self.seqs[i] + 1:
             self._deliver(i, frame, out)
 
@@ -199,22 +199,28 @@ class StreamSession:
         first = not self.synced[i]
         self.synced[i] = True
         target = item.position
+        if first:
+            self.dirty = True  # once every channel is synced, the stream states its position
         if first and (self.fresh or self.unreadable):
             if self.unreadable:
                 self._reset(i, "unreadable_id", target)
             else:
                 self._set(i, target.epoch, target.seq)
-                self.dirty = True
-            return
-        if target.epoch == self.epochs[i] and target.seq <= self.seqs[i]:
-            return
-        await self._catch_up(i, out)
+        elif target.epoch != self.epochs[i] or target.seq > self.seqs[i]:
+            await self._catch_up(i, out, target)
+        if first and self.held:
+            held = [frame for frame in self.held if frame.channel == item.channel]
+            self.held = [frame for frame in self.held if frame.channel != item.channel]
+            for frame in held:
+                await self._on_frame(frame, out)
 
-    async def _catch_up(self, i: int, out: list[bytes]) -> None:
+    async def _catch_up(self, i: int, out: list[bytes], need: Position) -> None:
+        """Replay what the stream missed on channel i, or reset it; `need` is a position
+        known to exist (a read must reach it to be of use)."""
         channel = self.channels[i]
         epoch, seq = self.epochs[i], self.seqs[i]
         try:
-            history = await self.broker.history(channel, seq if epoch is not None else 0)
+            history = await self.hub.history(channel, seq if epoch is not None else 0, need)
         except BrokerUnavailable as exc:
             # End the stream: the browser reconnects with its last id and nothing is lost.
             self.metrics.catch_up_failures += 1

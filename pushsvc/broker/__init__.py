@@ -62,6 +62,9 @@ class Broker(Protocol):
 
     async def position(self, channel: str) -> Position: ...
 
+    async def barrier(self) -> None:
+        """Return once every message published before the call has reached the listener."""
+
     async def history(self, channel: str, after_seq: int) -> History: ...
 
     def status(self) -> tuple[bool, str]:

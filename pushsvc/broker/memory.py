@@ -82,6 +82,9 @@ class MemoryBroker:
         if channel in self._subscribed and self._listener is not None:
             self._listener.on_message(channel, payload)
 
+    async def barrier(self) -> None:
+        """Delivery is synchronous here: everything published is already delivered."""
+
     def subscribe(self, channel: str) -> None:
         self._subscribed.add(channel)
         if self._listener is not None:

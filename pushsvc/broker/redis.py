@@ -33,6 +33,7 @@ import logging
 import math
 import random
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -105,6 +106,8 @@ class RedisBroker:
         self._connected = False
         self._last_error = "not connected yet"
         self._ping_sent_at: float | None = None
+        self._barriers_waiting: list[asyncio.Future[bool]] = []
+        self._barriers_sent: deque[list[asyncio.Future[bool]]] = deque()
         self.reconnects = 0
         self.instance = uuid.uuid4().hex
         self._control_tasks: set[asyncio.Task[None]] = set()
@@ -129,9 +132,12 @@ class RedisBroker:
         await self._pubsub_factory.disconnect()
 
     def status(self) -> tuple[bool, str]:
-        if self._connected:
-            return True, "redis pub/sub connected"
-        return False, f"redis unavailable: {self._last_error}"
+        if not self._connected:
+            return False, f"redis unavailable: {self._last_error}"
+        pinged = self._ping_sent_at
+        if pinged is not None and asyncio.get_running_loop().time() - pinged > self.timeout:
+            return False, "redis does not answer (paused or overloaded)"
+        return True, "redis pub/sub connected"
 
     # -- publishing and history ------------------------------------------------------
 
@@ -181,6 +187,24 @@ class RedisBroker:
         first_seq = int(_text(first[0][0]).split("-")[1]) if first else None
         retained = [(int(_text(entry_id).split("-")[1]), fields[b"m"]) for entry_id, fields in entries]
         return History(_text(epoch), int(seq or 0), first_seq, retained)
+
+    async def barrier(self) -> None:
+        """Return once every message Redis published before this call has been read.
+
+        A PING on the pub/sub connection is answered after everything Redis wrote to it
+        before, so after a position read plus a barrier the hub knows exactly which live
+        messages came after that position.
+        """
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._barriers_waiting.append(done)
+        self._wake.set()
+        try:
+            async with asyncio.timeout(self.timeout * 2):
+                ok = await done
+        except TimeoutError:
+            raise BrokerUnavailable("redis did not answer a pub/sub barrier") from None
+        if not ok:
+            raise BrokerUnavailable("the pub/sub connection was lost")
 
     # -- subscriptions -----------------------------------------------------------------
 
@@ -234,6 +258,12 @@ class RedisBroker:
         self._pending.clear()
         self._confirmed.clear()
         self._ping_sent_at = None
+        for batch in [self._barriers_waiting, *self._barriers_sent]:
+            for done in batch:
+                if not done.done():
+                    done.set_result(False)
+        self._barriers_waiting = []
+        self._barriers_sent.clear()
         self._wake.set()
 
     async def _run_connection(self, conn: Connection) -> None:
@@ -271,6 +301,10 @@ class RedisBroker:
                 await conn.send_command("SUBSCRIBE", *to_subscribe)
             if to_unsubscribe:
                 await conn.send_command("UNSUBSCRIBE", *to_unsubscribe)
+            if self._barriers_waiting:
+                self._barriers_sent.append(self._barriers_waiting)
+                self._barriers_waiting = []
+                await conn.send_command("PING", "barrier")
             if now >= next_ping and self._ping_sent_at is None:
                 self._ping_sent_at = now
                 next_ping = now + self.ping_interval
@@ -300,11 +334,17 @@ class RedisBroker:
                 elif kind == b"subscribe":
                     self._on_subscribe_reply(_text(reply[1]))
                 elif kind == b"pong":
-                    self._on_pong()
-            elif reply == b"PONG":
-                self._on_pong()
+                    self._on_pong(reply[1] if len(reply) > 1 else b"")
+            elif isinstance(reply, bytes):  # PING answered outside subscribed mode
+                self._on_pong(b"" if reply == b"PONG" else reply)
 
-    def _on_pong(self) -> None:
+    def _on_pong(self, token: bytes) -> None:
+        if token == b"barrier":
+            if self._barriers_sent:
+                for done in self._barriers_sent.popleft():
+                    if not done.done():
+                        done.set_result(True)
+            return
         self._ping_sent_at = None
         self._wake.set()
 

@@ -53,7 +53,7 @@ async def stream() -> Response:
         rt.metrics.streams_refused_capacity += 1
         return _over_capacity(settings.retry_ms)
     session = StreamSession(
-        rt.hub, rt.broker, rt.metrics, channels, resume,
+        rt.hub, rt.metrics, channels, resume,
         unreadable_id=bool(last_id) and resume is None,
         retry_ms=settings.retry_ms,
         queue_size=settings.queue_size,

@@ -49,7 +49,8 @@ def require_binary(name: str) -> str:
 class RedisServer:
     """A private redis-server the tests can kill, pause (SIGSTOP) and restart."""
 
-    def __init__(self) -> None:
+    def __init__(self, persist: bool = False) -> None:
+        self.persist = persist  # AOF with fsync always: data survives kill + restart
         self.binary = require_binary("redis-server")
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="pushsvc-redis-")
@@ -62,7 +63,8 @@ class RedisServer:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--protected-mode", "no"],
+             "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
+             "--dir", self.dir, "--protected-mode", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_until(self._pings, 10, what="redis-server to answer")
@@ -106,8 +108,9 @@ class Service:
     """A pushsvc process (`pushsvc serve`, or plain `hypercorn` with hypercorn.toml)."""
 
     def __init__(self, env: dict[str, str] | None = None, mode: str = "serve",
-                 workers: int = 1, port: int | None = None) -> None:
+                 workers: int = 1, port: int | None = None, config: Path | None = None) -> None:
         self.port = port or free_port()
+        self.config = config or ROOT / "hypercorn.toml"
         self.mode = mode
         self.workers = workers
         self.env = {**os.environ, "PUSHSVC_LOG_LEVEL": "INFO", **(env or {})}
@@ -121,10 +124,10 @@ class Service:
 
     def command(self) -> list[str]:
         if self.mode == "hypercorn":
-            return [sys.executable, "-m", "hypercorn", "--config", str(ROOT / "hypercorn.toml"),
+            return [sys.executable, "-m", "hypercorn", "--config", str(self.config),
                     "--bind", f"127.0.0.1:{self.port}", "pushsvc.app:create_app()"]
         return [sys.executable, "-m", "pushsvc.cli", "serve", "--bind", f"127.0.0.1:{self.port}",
-                "--workers", str(self.workers), "--config", str(ROOT / "hypercorn.toml")]
+                "--workers", str(self.workers), "--config", str(self.config)]
 
     def start(self, ready: str = "/healthz") -> Service:
         log = open(self.log_path, "ab")

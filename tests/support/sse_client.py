@@ -24,6 +24,7 @@ class SSEClient:
         self.body = bytearray()  # non-stream bodies (JSON errors)
         self._events: list[Event] = []
         self.ended = False
+        self.completed = False  # the response ended with its final chunk (not a reset)
         self.chunked = False
 
     @classmethod
@@ -55,10 +56,13 @@ class SSEClient:
                 name, _, value = line.partition(":")
                 self.headers[name.strip().lower()] = value.strip()
         self.chunked = self.headers.get("transfer-encoding", "").lower() == "chunked"
-        if not self.headers.get("content-type", "").startswith("text/event-stream"):
-            length = int(self.headers.get("content-length", "0"))
-            self.body = bytearray(await self.reader.readexactly(length)) if length else bytearray()
-            self.ended = True
+        length = self.headers.get("content-length")
+        if length is not None or not self.headers.get("content-type", "").startswith("text/event-stream"):
+            size = int(length or "0")
+            self.body = bytearray(await self.reader.readexactly(size)) if size else bytearray()
+            self.raw += self.body
+            self._events += self.parser.feed(bytes(self.body))
+            self.ended = self.completed = True
 
     async def _read_chunk(self) -> bytes:
         if not self.chunked:
@@ -74,10 +78,15 @@ class SSEClient:
         data = await self.reader.readexactly(size + 2)
         if size == 0:
             self.ended = True
+            self.completed = True
         return data[:-2]
 
     async def _pump(self) -> None:
-        data = await self._read_chunk()
+        try:
+            data = await self._read_chunk()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.ended = True
+            return
         self.raw += data
         self._events += self.parser.feed(data)
 

@@ -7,7 +7,10 @@ Used by the tests as the browser would be: it decides what `event.data`, `event.
 from __future__ import annotations
 
 import codecs
+import re
 from dataclasses import dataclass, field
+
+_TERMINATOR = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass
@@ -37,25 +40,19 @@ class Parser:
             self._started = True
             if text.startswith("\ufeff"):
                 text = text[1:]
-        self._pending += text
+        pending = self._pending + text
         events: list[Event] = []
+        pos = 0
         while True:
-            cut = -1
-            for i, ch in enumerate(self._pending):
-                if ch == "\n":
-                    cut, skip = i, 1
-                    break
-                if ch == "\r":
-                    if i + 1 == len(self._pending):
-                        break  # may be the first half of CRLF: wait
-                    cut, skip = i, 2 if self._pending[i + 1] == "\n" else 1
-                    break
-            if cut < 0:
-                return events
-            line, self._pending = self._pending[:cut], self._pending[cut + skip:]
-            event = self._line(line)
+            match = _TERMINATOR.search(pending, pos)
+            if match is None or (match.group() == "\r" and match.end() == len(pending)):
+                break  # no complete line yet (a final CR may be the first half of CRLF)
+            event = self._line(pending[pos:match.start()])
+            pos = match.end()
             if event is not None:
                 events.append(event)
+        self._pending = pending[pos:]
+        return events
 
     def _line(self, line: str) -> Event | None:
         if line == "":

@@ -1,0 +1,42 @@
+"""SIGTERM with thousands of open streams: every response completes, exit 0, no traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import pytest
+
+from tests.support.sse_client import SSEClient
+
+pytestmark = pytest.mark.e2e
+
+STREAMS = 2000
+
+
+async def test_sigterm_with_2000_open_streams_ends_every_stream_cleanly(service_factory, redis_url):
+    service = service_factory({"PUSHSVC_REDIS_URL": redis_url})
+    clients: list[SSEClient] = []
+    for start in range(0, STREAMS, 250):
+        clients += await asyncio.gather(
+            *[SSEClient.open(service.port, [f"room-{i % 50}"], timeout=20) for i in range(start, start + 250)]
+        )
+    try:
+        await asyncio.gather(*[c.wait_open(30) for c in clients])
+        assert service.proc is not None
+        started = time.monotonic()
+        service.proc.send_signal(signal.SIGTERM)
+        await asyncio.gather(*[c.until_end(timeout=15) for c in clients])
+        code = await asyncio.to_thread(service.proc.wait, 15)
+        elapsed = time.monotonic() - started
+    finally:
+        await asyncio.gather(*[c.close() for c in clients])
+    assert code == 0
+    assert all(c.completed for c in clients), sum(not c.completed for c in clients)
+    retries = {c.parser.retry for c in clients}
+    assert len(retries) > 1 and all(2400 <= r <= 3600 for r in retries)  # jittered retry hints
+    log = service.log()
+    assert "Traceback" not in log and "CancelledError" not in log
+    assert "drained streams for shutdown" in log
+    assert elapsed < 5  # Hypercorn's graceful_timeout in hypercorn.toml

@@ -1,0 +1,50 @@
+"""Load helpers shared by tests and bench scripts: stalled readers, RSS, batch publishing."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import httpx
+
+from .helpers import TOKEN
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def stalled_reader(port: int, channel: str, rcvbuf: int = 4096) -> socket.socket:
+    """Open a stream, read its headers, then never read again (a phone in a tunnel)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET /stream?channel={channel} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        if not chunk:
+            raise ConnectionError("closed before headers")
+        head += chunk
+    return sock
+
+
+async def publish_bulk(base: str, channel: str, total_bytes: int, event_bytes: int, batch: int = 50,
+                       token: str = TOKEN) -> int:
+    """Publish about `total_bytes` of events stamped with their send time; the count."""
+    count = max(1, total_bytes // event_bytes)
+    filler = "x" * event_bytes
+    async with httpx.AsyncClient(timeout=30) as http:
+        for start in range(0, count, batch):
+            body = [
+                {"channel": channel, "data": {"n": n, "t": time.time(), "pad": filler}}
+                for n in range(start, min(count, start + batch))
+            ]
+            response = await http.post(base + "/publish", json=body, headers={"Authorization": f"Bearer {token}"})
+            response.raise_for_status()
+    return count
