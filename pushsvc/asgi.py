@@ -10,8 +10,9 @@ It never touches bodies (streams pass through untouched, chunk by chunk):
 * every request gets an id: an incoming ``X-Request-ID`` (if it is short and printable),
   else a new one; it is echoed in the response and set in a context variable that the
   log formatters add to every line logged while the request runs.
-* one access-log line per request when its response ends; ``/stream`` responses log their
-  own line (duration, events sent, end reason) and mark the scope so this one is skipped.
+* one access-log line per request when its response ends (DEBUG for health probes and
+  metrics scrapes); ``/stream`` responses log their own line (duration, events sent, end
+  reason) and mark the scope so this one is skipped.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ access_log = logging.getLogger("pushsvc.access")
 
 REQUEST_ID_KEY = "pushsvc.request_id"
 STREAM_LOGGED_KEY = "pushsvc.stream_logged"
+#: Probes and scrapes hit these every few seconds: their access lines are DEBUG.
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -111,7 +114,8 @@ class RequestContext:
         finally:
             request_id_var.reset(token)
             if not scope.get(STREAM_LOGGED_KEY):
-                access_log.info(
+                access_log.log(
+                    logging.DEBUG if scope.get("path") in QUIET_PATHS else logging.INFO,
                     "request",
                     extra={
                         "request_id": request_id,

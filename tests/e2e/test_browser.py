@@ -32,9 +32,10 @@ WAIT_MS = 10_000
 @pytest.fixture
 def browser_page() -> Iterator[Any]:
     require_binary("chromium")
-    sync_api = pytest.importorskip("playwright.sync_api") if os.environ.get("CI") != "true" else None
-    if sync_api is None:
-        import playwright.sync_api as sync_api
+    if os.environ.get("CI") == "true":
+        import playwright.sync_api as sync_api  # under CI a missing Playwright is a failure
+    else:
+        sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,

@@ -139,7 +139,7 @@ async def test_channel_subscriber_count_spans_every_process(service_factory, red
 
 async def test_json_logs_have_request_ids_and_a_line_per_ended_stream(service_factory, http):
     service = service_factory({"PUSHSVC_LOG_FORMAT": "json"})
-    echoed = await http.get(service.base + "/healthz", headers={"X-Request-ID": "caller-42"})
+    echoed = await http.get(service.base + "/openapi.json", headers={"X-Request-ID": "caller-42"})
     assert echoed.headers["x-request-id"] == "caller-42"
     made = await http.get(service.base + "/healthz", headers={"X-Request-ID": "bad id with spaces"})
     assert len(made.headers["x-request-id"]) == 32 and " " not in made.headers["x-request-id"]
