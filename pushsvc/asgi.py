@@ -11,8 +11,9 @@ It never touches bodies (streams pass through untouched, chunk by chunk):
   else a new one; it is echoed in the response and set in a context variable that the
   log formatters add to every line logged while the request runs.
 * one access-log line per request when its response ends (DEBUG for health probes and
-  metrics scrapes); ``/stream`` responses log their own line (duration, events sent, end
-  reason) and mark the scope so this one is skipped.
+  metrics scrapes); for a stream (``GET /stream`` puts its session in the scope) the line
+  also has the events sent and why it ended.  Nothing is added per chunk but the header
+  check in ``send``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 access_log = logging.getLogger("pushsvc.access")
 
 REQUEST_ID_KEY = "pushsvc.request_id"
-STREAM_LOGGED_KEY = "pushsvc.stream_logged"
+STREAM_KEY = "pushsvc.stream"  # set by GET /stream to its StreamSession
 #: Probes and scrapes hit these every few seconds: their access lines are DEBUG.
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
@@ -113,16 +114,26 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
-            if not scope.get(STREAM_LOGGED_KEY):
-                access_log.log(
-                    logging.DEBUG if scope.get("path") in QUIET_PATHS else logging.INFO,
-                    "request",
-                    extra={
-                        "request_id": request_id,
-                        "client": (scope.get("client") or ("-",))[0],
-                        "method": scope.get("method"),
-                        "path": scope.get("path"),
-                        "status": status,
-                        "duration_ms": round((time.monotonic() - started) * 1000, 1),
-                    },
-                )
+            self._log(scope, request_id, status, time.monotonic() - started)
+
+    @staticmethod
+    def _log(scope: Scope, request_id: str, status: int, seconds: float) -> None:
+        client = (scope.get("client") or ("-",))[0]
+        session = scope.get(STREAM_KEY)
+        if session is not None:
+            access_log.info(
+                "stream ended",
+                extra={
+                    "request_id": request_id, "client": client, "channels": ",".join(session.channels),
+                    "duration_s": round(seconds, 3), "events": session.delivered, "reason": session.end_reason,
+                },
+            )
+            return
+        access_log.log(
+            logging.DEBUG if scope.get("path") in QUIET_PATHS else logging.INFO,
+            "request",
+            extra={
+                "request_id": request_id, "client": client, "method": scope.get("method"),
+                "path": scope.get("path"), "status": status, "duration_ms": round(seconds * 1000, 1),
+            },
+        )

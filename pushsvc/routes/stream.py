@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import time
-from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
 from quart import Blueprint, Response, request
 
 from .. import sse
-from ..asgi import REQUEST_ID_KEY, STREAM_LOGGED_KEY
+from ..asgi import STREAM_KEY
 from ..errors import ApiError
 from ..events import DEFAULT_CHANNEL, EventError, check_channel
 from ..resume import parse_stream_id
@@ -19,7 +15,6 @@ from ..runtime import runtime
 from ..session import StreamSession, jittered
 
 bp = Blueprint("stream", __name__)
-access_log = logging.getLogger("pushsvc.access")
 
 STREAM_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -60,30 +55,9 @@ async def stream() -> Response:
         queue_bytes=settings.queue_bytes,
     )
     rt.metrics.streams_opened += 1
-    scope = cast(dict[str, Any], request.scope)
-    scope[STREAM_LOGGED_KEY] = True  # this route logs its own access line
-    response = Response(_logged(session, dict(scope)), 200, STREAM_HEADERS)
+    # The access log (pushsvc.asgi) reads the session's events sent and end reason at the end.
+    cast(dict[str, Any], request.scope)[STREAM_KEY] = session
+    response = Response(session.frames(), 200, STREAM_HEADERS)
     response.timeout = None  # Quart would cut the stream after RESPONSE_TIMEOUT (60 s)
     return response
 
-
-async def _logged(session: StreamSession, scope: dict[str, object]) -> AsyncIterator[bytes]:
-    """The session's frames, then one access-log line when the stream ends (however)."""
-    started = time.monotonic()
-    try:
-        async with contextlib.aclosing(cast(AsyncGenerator[bytes, None], session.frames())) as frames:
-            async for chunk in frames:
-                yield chunk
-    finally:
-        client = scope.get("client")
-        access_log.info(
-            "stream ended",
-            extra={
-                "request_id": scope.get(REQUEST_ID_KEY),
-                "client": client[0] if isinstance(client, tuple) else "-",
-                "channels": ",".join(session.channels),
-                "duration_s": round(time.monotonic() - started, 3),
-                "events": session.delivered,
-                "reason": session.end_reason,
-            },
-        )

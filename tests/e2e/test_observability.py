@@ -164,3 +164,18 @@ async def test_json_logs_have_request_ids_and_a_line_per_ended_stream(service_fa
     requests = [entry for entry in json_lines(service) if entry["msg"] == "request"]
     assert any(entry["request_id"] == "caller-42" and entry["status"] == 200 for entry in requests)
     assert all(entry.get("ts") and entry.get("level") for entry in json_lines(service))
+
+
+async def test_a_stream_ended_by_shutdown_is_logged_with_that_reason(service_factory, http):
+    service = service_factory({"PUSHSVC_LOG_FORMAT": "json"})
+    stream = await SSEClient.open(service.port, ["bye"], headers={"X-Request-ID": "bye-1"})
+    try:
+        await stream.wait_open()
+        await publish(http, service, {"channel": "bye", "data": "one"})
+        await stream.events(1)
+        assert await asyncio.to_thread(service.stop) == 0
+        await stream.until_end(5)
+    finally:
+        await stream.close()
+    line = next(entry for entry in json_lines(service) if entry.get("request_id") == "bye-1")
+    assert (line["msg"], line["events"], line["reason"]) == ("stream ended", 1, "shutdown")
