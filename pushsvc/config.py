@@ -136,6 +136,10 @@ class Settings:
         30000, _int_range(0, 3_600_000), "`TCP_USER_TIMEOUT` on the listening socket (`pushsvc "
         "serve`): a peer that stops reading is cut after this long (0: kernel default)."
     )
+    send_buffer_bytes: int = _setting(
+        262144, _int_range(0, 64 * 1024 * 1024), "`SO_SNDBUF` of accepted sockets (`pushsvc serve`): "
+        "bounds the kernel memory and copying spent on a peer that stops reading (0: kernel autotuning)."
+    )
     drain_seconds: float = _setting(
         2.0, _float_range(0, 300), "On SIGTERM, how long `pushsvc serve` waits for streams to "
         "end; keep it below Hypercorn's graceful_timeout."

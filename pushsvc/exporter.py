@@ -48,7 +48,7 @@ COUNTER_HELP = {
     "streams_refused_capacity": "Streams refused (retry hint) because the process was full or draining.",
     "events_published": "Events accepted by POST /publish.",
     "events_received": "Events received from the broker (once per process, before fan-out).",
-    "events_delivered": "Events written to streams (added when each stream ends).",
+    "events_delivered": "Events written to streams.",
     "events_replayed": "Events replayed from history on resume or after a gap.",
     "resets_sent": "pushsvc.reset events sent (id too old, history lost, unreadable id).",
     "invalid_messages": "Broker messages dropped because they could not be parsed.",

@@ -43,13 +43,18 @@ def parse_bind(bind: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def listen_socket(host: str, port: int, tcp_user_timeout_ms: int, backlog: int) -> socket.socket:
+def listen_socket(
+    host: str, port: int, tcp_user_timeout_ms: int, backlog: int, send_buffer_bytes: int = 0
+) -> socket.socket:
+    """The listening socket; accepted sockets inherit its TCP_USER_TIMEOUT and SO_SNDBUF."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if tcp_user_timeout_ms and hasattr(socket, "TCP_USER_TIMEOUT"):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, tcp_user_timeout_ms)
+    if send_buffer_bytes:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
     sock.bind((host, port))
     sock.listen(backlog)
     sock.set_inheritable(True)
@@ -115,7 +120,7 @@ def serve(settings: Settings, bind: str, workers: int, config_path: str | None) 
         )
     host, port = parse_bind(bind)
     config = hypercorn_config(config_path)
-    sock = listen_socket(host, port, settings.tcp_user_timeout_ms, config.backlog)
+    sock = listen_socket(host, port, settings.tcp_user_timeout_ms, config.backlog, settings.send_buffer_bytes)
     log.info("listening", extra={"bind": f"{host}:{sock.getsockname()[1]}", "workers": workers})
     if workers <= 1:
         run_worker(settings, config_path, sock)

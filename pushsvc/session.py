@@ -75,6 +75,7 @@ class StreamSession:
         sub = self.subscriber
         yield b": pushsvc stream open\n" + sse.retry(self.retry_ms)
         self.hub.add(sub)
+        counted = 0
         try:
             while True:
                 items = await sub.take()
@@ -85,12 +86,13 @@ class StreamSession:
                     out.append(final)
                 if out:
                     sub.last_write = time.monotonic()
+                    self.metrics.events_delivered += self.delivered - counted
+                    counted = self.delivered
                     yield b"".join(out)
                 if final is not None:
                     return
         finally:
             self.hub.remove(sub)
-            self.metrics.events_delivered += self.delivered
 
     async def _handle(self, items: list[Any], out: list[bytes]) -> bytes | None:
         """Turn queued items into bytes; returns the final chunk when the stream must end."""
@@ -125,11 +127,9 @@ class StreamSession:
             self.parts[i] = "0" if epoch is None else f"{epoch}-{seq}"
 
     def _stream_id(self) -> str:
-        return ".".join(self.parts) if self.multi else self.parts_single()
-
-    def parts_single(self) -> str:
-        epoch = self.epochs[0]
-        return "0" if epoch is None else f"{epoch}-{self.seqs[0]}"
+        if self.multi:
+            return ".".join(self.parts)
+        return Position(self.epochs[0], self.seqs[0]).format()
 
     def _deliver(self, i: int, frame: Frame, out: list[bytes]) -> None:
         if self.pending_resets:
@@ -172,6 +172,10 @@ class StreamSession:
     async def _on_frame(self, frame: Frame, out: list[bytes]) -> None:
         i = self.index[frame.channel] if self.multi else 0
         if not self.synced[i]:
+            if len(self.held) >= self.subscriber.max_items:  # no Sync for too long: start over
+                self.held.clear()
+                self.end_reason = "catch_up_failed"
+                return
             self.held.append(frame)  # delivered after the coming Sync, from its position
             return
         if frame.epoch is None:  # foreign message: live only, no id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 
@@ -40,3 +41,36 @@ async def test_sigterm_with_2000_open_streams_ends_every_stream_cleanly(service_
     assert "Traceback" not in log and "CancelledError" not in log
     assert "drained streams for shutdown" in log
     assert elapsed < 5  # Hypercorn's graceful_timeout in hypercorn.toml
+
+
+async def test_sigterm_with_two_workers_drains_both(service_factory, redis_url):
+    service = service_factory({"PUSHSVC_REDIS_URL": redis_url}, workers=2)
+    clients = await asyncio.gather(*[SSEClient.open(service.port, ["w"]) for _ in range(200)])
+    try:
+        await asyncio.gather(*[c.wait_open(15) for c in clients])
+        assert service.proc is not None
+        service.proc.send_signal(signal.SIGTERM)
+        await asyncio.gather(*[c.until_end(timeout=15) for c in clients])
+        code = await asyncio.to_thread(service.proc.wait, 15)
+    finally:
+        await asyncio.gather(*[c.close() for c in clients])
+    assert code == 0
+    assert all(c.completed for c in clients)
+    log = service.log()
+    assert log.count("drained streams for shutdown") == 2  # each worker drained its own streams
+    assert "Traceback" not in log
+
+
+async def test_embedded_broker_with_two_workers_is_refused(service_factory):
+    service = service_factory(workers=2, start=False)
+    with pytest.raises(RuntimeError, match="PUSHSVC_REDIS_URL"):
+        service.start()
+
+
+async def test_embedded_broker_under_plain_hypercorn_with_two_workers_is_refused(service_factory):
+    service = service_factory(workers=2, mode="hypercorn", start=False)
+    with contextlib.suppress(RuntimeError):  # one worker may answer before the other refuses
+        service.start()
+    assert service.proc is not None
+    await asyncio.to_thread(service.proc.wait, 20)  # the server stops (Hypercorn exits 0 here)
+    assert "works in one process only" in service.log()

@@ -124,7 +124,7 @@ class Service:
 
     def command(self) -> list[str]:
         if self.mode == "hypercorn":
-            return [sys.executable, "-m", "hypercorn", "--config", str(self.config),
+            return [sys.executable, "-m", "hypercorn", "--config", str(self.config), "--workers", str(self.workers),
                     "--bind", f"127.0.0.1:{self.port}", "pushsvc.app:create_app()"]
         return [sys.executable, "-m", "pushsvc.cli", "serve", "--bind", f"127.0.0.1:{self.port}",
                 "--workers", str(self.workers), "--config", str(self.config)]
