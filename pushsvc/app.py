@@ -8,20 +8,22 @@ import multiprocessing
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from quart import Quart, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from . import cors
+from .asgi import RequestContext
 from .auth import Authority
 from .broker import create_broker
 from .config import Settings
 from .errors import ApiError
+from .exporter import Exporter
 from .hub import Hub
 from .logs import configure as configure_logging
 from .metrics import Metrics
-from .routes import ops, pages, publish, stream
+from .routes import channels, docs, ops, pages, publish, stream
 from .runtime import Runtime
 
 log = logging.getLogger("pushsvc.app")
@@ -59,7 +61,7 @@ class SingleProcessGuard:
 def create_app(settings: Settings | None = None) -> Quart:
     settings = settings or Settings.from_env()
     configure_logging(settings.log_format, settings.log_level)
-    app = Quart(__name__, template_folder=_templates_dir())
+    app = Quart(__name__, template_folder=_templates_dir(), static_folder=None)  # no static files
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["JSON_SORT_KEYS"] = False
     metrics = Metrics()
@@ -70,12 +72,17 @@ def create_app(settings: Settings | None = None) -> Quart:
         **({"timeout_seconds": settings.redis_timeout_seconds} if settings.redis_url else {}),
     )
     hub = Hub(broker, metrics, keepalive_seconds=settings.keepalive_seconds)
-    app.extensions["pushsvc"] = Runtime(settings, broker, hub, metrics)
+    rt = app.extensions["pushsvc"] = Runtime(settings, broker, hub, metrics)
     app.extensions["pushsvc.auth"] = Authority(settings)
     cors.install(app, settings.cors_origins)
+    exporter = app.extensions["pushsvc.exporter"] = Exporter(rt)
     guard = SingleProcessGuard()
+    # Pure ASGI (never buffers a body): real client address, request ids, access log.
+    app.asgi_app = RequestContext(  # type: ignore[method-assign, assignment]
+        cast(Any, app.asgi_app), settings.trusted_proxies
+    )
 
-    for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp):
+    for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp, channels.bp, docs.bp):
         app.register_blueprint(blueprint)
 
     @app.before_serving
@@ -86,12 +93,14 @@ def create_app(settings: Settings | None = None) -> Quart:
         else:
             log.info("using redis", extra={"redis": _redact_url(settings.redis_url)})
         await hub.start()
+        await exporter.start()
         log.info("pushsvc started", extra={"pid": os.getpid()})
 
     @app.after_serving
     async def stop() -> None:
         await hub.drain(0)
         await hub.stop()
+        await exporter.stop()
         log.info("pushsvc stopped", extra={"pid": os.getpid()})
 
     @app.errorhandler(ApiError)

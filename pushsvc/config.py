@@ -7,6 +7,7 @@ Units are in the names.  The README has the table of every setting (kept in sync
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -37,6 +38,13 @@ def _bool(value: str) -> bool:
 
 def _list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _networks(value: str) -> tuple[str, ...]:
+    items = _list(value)
+    for item in items:
+        ipaddress.ip_network(item, strict=False)  # ValueError names the bad item
+    return items
 
 
 def _int_range(low: int, high: int) -> Callable[[str], int]:
@@ -165,6 +173,14 @@ class Settings:
         (), _list, "Comma-separated exact origins (`https://app.example.com`) allowed to read "
         "streams and publish from a browser, with credentials; `*` alone: any origin, without "
         "credentials."
+    )
+    trusted_proxies: tuple[str, ...] = _setting(
+        (), _networks, "Comma-separated IPs/CIDRs of reverse proxies whose `X-Forwarded-For` is "
+        "believed (the client address in logs); from any other peer the header is ignored."
+    )
+    metrics_dir: str | None = _setting(
+        None, _opt_str, "Directory where each worker writes its counters every second so that "
+        "any worker's `/metrics` reports the sum; `pushsvc serve --workers N` makes one itself."
     )
     log_format: str = _setting("text", _choice("text", "json"), "`text` or `json` (one object "
                                "per line).")

@@ -1,11 +1,30 @@
 """Process counters kept as plain attributes (cheap on the hot path).
 
-`/metrics` exports them in the Prometheus text format at scrape time.
+Nothing here talks to prometheus-client: the code bumps ints, and `pushsvc.exporter`
+turns them into the Prometheus format at scrape time (with several workers, summed over
+the workers' snapshot files).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from bisect import bisect_left
+from dataclasses import dataclass, field, fields
+
+#: Upper bounds (seconds) of the publish latency histogram's buckets.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Fixed buckets as plain ints: `counts[i]` events fell at or below `LATENCY_BUCKETS[i]`
+    and above the previous bound (the last slot is +Inf); not cumulative."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    sum: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.sum += seconds
 
 
 @dataclass(slots=True)
@@ -21,6 +40,8 @@ class Metrics:
     slow_consumer_disconnects: int = 0
     catch_up_failures: int = 0
     publish_failures: int = 0
+    publish_latency: Histogram = field(default_factory=Histogram)
 
     def snapshot(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Every int counter by name."""
+        return {f.name: value for f in fields(self) if isinstance(value := getattr(self, f.name), int)}

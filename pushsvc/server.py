@@ -13,11 +13,14 @@ small supervisor starts N worker processes on that socket and forwards signals t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from multiprocessing.connection import wait as wait_for_sentinels
 from pathlib import Path
 from typing import Any
@@ -124,7 +127,15 @@ def serve(settings: Settings, bind: str, workers: int, config_path: str | None) 
     if workers <= 1:
         run_worker(settings, config_path, sock)
         return 0
-    return _supervise(settings, config_path, sock, workers)
+    if settings.metrics_dir is not None:
+        return _supervise(settings, config_path, sock, workers)
+    # Each worker writes its counters here; any worker's /metrics sums them (see exporter.py).
+    metrics_dir = tempfile.mkdtemp(prefix="pushsvc-metrics-")
+    try:
+        settings = dataclasses.replace(settings, metrics_dir=metrics_dir)
+        return _supervise(settings, config_path, sock, workers)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _supervise(settings: Settings, config_path: str | None, sock: socket.socket, workers: int) -> int:

@@ -42,6 +42,9 @@ class Listener(Protocol):
     def on_subscribed(self, channel: str) -> None:
         """The subscription is active (after the first subscribe or after a reconnect)."""
 
+    def local_subscribers(self, channel: str) -> int:
+        """Streams of this process subscribed to `channel` (for `count_subscribers`)."""
+
 
 class Broker(Protocol):
     name: str
@@ -66,6 +69,9 @@ class Broker(Protocol):
 
     def status(self) -> tuple[bool, str]:
         """(ready, reason) for /readyz."""
+
+    async def count_subscribers(self, channel: str, local: int) -> int:
+        """Streams subscribed to `channel` in every process; `local` is this process's count."""
 
 
 def history_key(channel: str) -> str:

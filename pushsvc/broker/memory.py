@@ -44,6 +44,9 @@ class MemoryBroker:
     def status(self) -> tuple[bool, str]:
         return True, "embedded in-process broker"
 
+    async def count_subscribers(self, channel: str, local: int) -> int:
+        return local  # one process: the local count is the whole count
+
     def _live(self, channel: str) -> _Channel | None:
         state = self._channels.get(channel)
         if state is not None and self.history_ttl_seconds > 0:

@@ -16,14 +16,23 @@ writer (SUBSCRIBE/UNSUBSCRIBE to match the wanted set, PING for liveness) and a 
 When the connection is lost it reconnects with capped, jittered exponential backoff and
 re-subscribes; every confirmation is reported to the hub, which resynchronises the
 channel's streams from history -- so a gap is healed, never hidden.
+
+Cross-process subscriber counts (`count_subscribers`, for ``GET /channels/<name>``): every
+process also subscribes to ``pushsvc:control``.  The asking process PUBLISHes a query there
+with a fresh reply key; PUBLISH's answer is how many processes received it; each of them
+(the asker included) RPUSHes ``{"from": <process>, "count": <local streams>}`` to the reply
+key (which expires after 10 s), and the asker BLPOPs that many replies within the timeout,
+adding its own live count instead of its own reply.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import random
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -42,6 +51,9 @@ from .scripts import PUBLISH_LUA, position_id, publish_args
 log = logging.getLogger("pushsvc.redis")
 
 _UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
+
+CONTROL_CHANNEL = "pushsvc:control"
+REPLY_TTL_SECONDS = 10
 
 
 class _PubSubDead(Exception):
@@ -97,11 +109,14 @@ class RedisBroker:
         self._barriers_waiting: list[asyncio.Future[bool]] = []
         self._barriers_sent: deque[list[asyncio.Future[bool]]] = deque()
         self.reconnects = 0
+        self.instance = uuid.uuid4().hex
+        self._control_tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self, listener: Listener) -> None:
         self._listener = listener
+        self._desired.add(CONTROL_CHANNEL)
         self._task = asyncio.get_running_loop().create_task(self._supervise(), name="pushsvc-pubsub")
 
     async def stop(self) -> None:
@@ -109,6 +124,9 @@ class RedisBroker:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        for task in list(self._control_tasks):
+            task.cancel()
+        await asyncio.gather(*self._control_tasks, return_exceptions=True)
         await self.client.aclose()
         await self._pool.disconnect()
         await self._pubsub_factory.disconnect()
@@ -201,6 +219,8 @@ class RedisBroker:
             self._listener.on_subscribed(channel)
 
     def unsubscribe(self, channel: str) -> None:
+        if channel == CONTROL_CHANNEL:
+            return
         self._desired.discard(channel)
         self._wake.set()
 
@@ -307,7 +327,10 @@ class RedisBroker:
             if isinstance(reply, list) and reply:
                 kind = reply[0]
                 if kind == b"message":
-                    listener.on_message(_text(reply[1]), reply[2])
+                    if reply[1] == CONTROL_CHANNEL.encode():
+                        self._on_control(reply[2])
+                    else:
+                        listener.on_message(_text(reply[1]), reply[2])
                 elif kind == b"subscribe":
                     self._on_subscribe_reply(_text(reply[1]))
                 elif kind == b"pong":
@@ -335,3 +358,56 @@ class RedisBroker:
             self._confirmed.add(channel)
             assert self._listener is not None
             self._listener.on_subscribed(channel)
+
+    # -- cross-process subscriber counts -------------------------------------------------
+
+    async def count_subscribers(self, channel: str, local: int) -> int:
+        reply_key = f"pushsvc:control:reply:{uuid.uuid4().hex}"
+        query = json.dumps({"op": "count", "channel": channel, "reply": reply_key, "from": self.instance})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout * 0.75  # below the socket timeout
+        total = local
+        try:
+            async with asyncio.timeout(self.timeout):
+                receivers = int(await self.client.publish(CONTROL_CHANNEL, query))
+                for _ in range(receivers):
+                    wait = deadline - loop.time()
+                    if wait <= 0.01:
+                        break
+                    popped = await self.client.blpop([reply_key], timeout=wait)
+                    if popped is None:
+                        break
+                    answer = json.loads(popped[1])
+                    if answer.get("from") != self.instance:
+                        total += int(answer.get("count", 0))
+                else:
+                    return total
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis count failed: {type(exc).__name__}") from exc
+        log.warning("not every process answered a subscriber count in time", extra={"channel": channel})
+        return total
+
+    def _on_control(self, payload: bytes) -> None:
+        try:
+            query = json.loads(payload)
+            channel, reply_key = str(query["channel"]), str(query["reply"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if query.get("op") != "count" or not reply_key.startswith("pushsvc:control:reply:"):
+            return
+        assert self._listener is not None
+        count = self._listener.local_subscribers(channel)
+        task = asyncio.get_running_loop().create_task(self._answer(reply_key, count))
+        self._control_tasks.add(task)
+        task.add_done_callback(self._control_tasks.discard)
+
+    async def _answer(self, reply_key: str, count: int) -> None:
+        answer = json.dumps({"from": self.instance, "count": count})
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self.client.pipeline(transaction=True) as pipe:
+                    pipe.rpush(reply_key, answer)
+                    pipe.expire(reply_key, REPLY_TTL_SECONDS)
+                    await pipe.execute()
+        except _UNAVAILABLE as exc:
+            log.warning("could not answer a subscriber count", extra={"error": type(exc).__name__})

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint, Response
+from quart import Blueprint, Response, current_app
 
+from ..exporter import CONTENT_TYPE, Exporter
 from ..runtime import runtime
 
 bp = Blueprint("ops", __name__)
@@ -30,15 +31,5 @@ async def readyz() -> tuple[dict[str, Any], int]:
 
 @bp.get("/metrics")
 async def metrics() -> Response:
-    rt = runtime()
-    lines = [
-        "# TYPE pushsvc_open_streams gauge",
-        f"pushsvc_open_streams {rt.hub.stream_count}",
-        "# TYPE pushsvc_subscribed_channels gauge",
-        f"pushsvc_subscribed_channels {rt.hub.channel_count}",
-    ]
-    reconnects = getattr(rt.broker, "reconnects", 0)
-    lines += ["# TYPE pushsvc_redis_reconnects_total counter", f"pushsvc_redis_reconnects_total {reconnects}"]
-    for name, value in rt.metrics.snapshot().items():
-        lines += [f"# TYPE pushsvc_{name}_total counter", f"pushsvc_{name}_total {value}"]
-    return Response("\n".join(lines) + "\n", 200, {"Content-Type": "text/plain; version=0.0.4"})
+    exporter: Exporter = current_app.extensions["pushsvc.exporter"]
+    return Response(exporter.render(), 200, {"Content-Type": CONTENT_TYPE})

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from quart import Blueprint, Response, request
 
 from .. import sse
+from ..asgi import STREAM_KEY
 from ..auth import authority
 from ..errors import ApiError
 from ..events import DEFAULT_CHANNEL, EventError, check_channel
@@ -58,6 +61,9 @@ async def stream() -> Response:
         expires_at=expires_at,
     )
     rt.metrics.streams_opened += 1
+    # The access log (pushsvc.asgi) reads the session's events sent and end reason at the end.
+    cast(dict[str, Any], request.scope)[STREAM_KEY] = session
     response = Response(session.frames(), 200, STREAM_HEADERS)
     response.timeout = None  # Quart would cut the stream after RESPONSE_TIMEOUT (60 s)
     return response
+

@@ -1,0 +1,201 @@
+"""`GET /metrics`: the process counters in the Prometheus text format, summed over workers.
+
+The hot path only bumps plain ints (`pushsvc.metrics.Metrics`); a custom prometheus-client
+collector reads them at scrape time, so scraping costs nothing between scrapes.
+
+Several workers (``pushsvc serve --workers N``: N processes accept on one socket, so a
+scrape reaches any one of them): each worker writes a snapshot of its values to
+``<PUSHSVC_METRICS_DIR>/<pid>.json`` every second (write + rename, so a reader never sees
+half a file), and the worker that answers a scrape reports its own live values plus the
+other workers' files:
+
+* counters and the histogram are summed over **every** file, including workers that have
+  exited, so totals never go backwards when the supervisor restarts a worker;
+* gauges (open streams, subscribed channels) are summed over live workers only (pid alive
+  and snapshot younger than 5 s); ``pushsvc_workers`` says how many that was.
+
+So a scrape is at most about a second behind for the other workers.  ``pushsvc serve``
+creates a private directory per run (removed at exit) when ``--workers`` > 1 and
+``PUSHSVC_METRICS_DIR`` is unset.  No label carries a channel name: cardinality is fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .metrics import LATENCY_BUCKETS
+from .runtime import Runtime
+
+log = logging.getLogger("pushsvc.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+WRITE_INTERVAL_SECONDS = 1.0
+LIVE_SECONDS = 5.0
+
+COUNTER_HELP = {
+    "streams_opened": "Streams opened.",
+    "streams_refused_capacity": "Streams refused (retry hint) because the process was full or draining.",
+    "events_published": "Events accepted by POST /publish.",
+    "events_received": "Events received from the broker (once per process, before fan-out).",
+    "events_delivered": "Events written to streams.",
+    "events_replayed": "Events replayed from history on resume or after a gap.",
+    "resets_sent": "pushsvc.reset events sent (id too old, history lost, unreadable id).",
+    "invalid_messages": "Broker messages dropped because they could not be parsed.",
+    "slow_consumer_disconnects": "Streams ended because their queue overflowed.",
+    "catch_up_failures": "Streams ended because history could not be read.",
+    "publish_failures": "POST /publish answered 503 because the broker was unavailable.",
+    "redis_reconnects": "Times the Redis pub/sub connection was lost and re-established.",
+}
+GAUGE_HELP = {
+    "open_streams": "Streams open now.",
+    "subscribed_channels": "Channels with a broker subscription now.",
+}
+
+
+def local_snapshot(rt: Runtime) -> dict[str, Any]:
+    """This process's values, as written to the snapshot file."""
+    counters = rt.metrics.snapshot()
+    counters["redis_reconnects"] = int(getattr(rt.broker, "reconnects", 0))
+    histogram = rt.metrics.publish_latency
+    return {
+        "pid": os.getpid(),
+        "time": time.time(),
+        "counters": counters,
+        "gauges": {"open_streams": rt.hub.stream_count, "subscribed_channels": rt.hub.channel_count},
+        "latency": {"counts": list(histogram.counts), "sum": histogram.sum},
+    }
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SnapshotDir:
+    """The shared directory of worker snapshots."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.own = self.path / f"{os.getpid()}.json"
+
+    def write(self, snapshot: dict[str, Any]) -> None:
+        temporary = self.path / f".{os.getpid()}.tmp"
+        temporary.write_text(json.dumps(snapshot))
+        temporary.replace(self.own)
+
+    def others(self) -> Iterator[tuple[dict[str, Any], bool]]:
+        """(snapshot, live) of every other worker that has written one."""
+        now = time.time()
+        for file in self.path.glob("*.json"):
+            if file == self.own:
+                continue
+            try:
+                snapshot = json.loads(file.read_text())
+            except (OSError, ValueError):
+                continue  # vanished or being replaced; the next scrape sees it
+            live = _alive(int(snapshot.get("pid", 0))) and now - float(snapshot.get("time", 0)) < LIVE_SECONDS
+            yield snapshot, live and not snapshot.get("final")
+
+
+def merge(own: dict[str, Any], others: list[tuple[dict[str, Any], bool]]) -> dict[str, Any]:
+    counters = dict(own["counters"])
+    gauges = dict(own["gauges"])
+    counts = list(own["latency"]["counts"])
+    total = float(own["latency"]["sum"])
+    workers = 1
+    for snapshot, live in others:
+        for name, value in snapshot.get("counters", {}).items():
+            counters[name] = counters.get(name, 0) + int(value)
+        if live:
+            workers += 1
+            for name, value in snapshot.get("gauges", {}).items():
+                gauges[name] = gauges.get(name, 0) + int(value)
+        latency = snapshot.get("latency") or {}
+        if len(latency.get("counts", ())) == len(counts):
+            counts = [a + int(b) for a, b in zip(counts, latency["counts"], strict=True)]
+            total += float(latency.get("sum", 0.0))
+    return {"counters": counters, "gauges": gauges, "workers": workers,
+            "latency": {"counts": counts, "sum": total}}
+
+
+class PushsvcCollector(Collector):
+    def __init__(self, rt: Runtime, snapshots: SnapshotDir | None) -> None:
+        self.rt = rt
+        self.snapshots = snapshots
+
+    def collect(self) -> Iterator[Metric]:
+        own = local_snapshot(self.rt)
+        others = list(self.snapshots.others()) if self.snapshots is not None else []
+        values = merge(own, others)
+        for name, value in values["gauges"].items():
+            yield GaugeMetricFamily(f"pushsvc_{name}", GAUGE_HELP.get(name, name), value=value)
+        yield GaugeMetricFamily("pushsvc_workers", "Worker processes whose values this scrape includes.",
+                                value=values["workers"])
+        for name, value in values["counters"].items():
+            yield CounterMetricFamily(f"pushsvc_{name}", COUNTER_HELP.get(name, name), value=value)
+        cumulative, running = [], 0
+        for bound, count in zip([*map(str, LATENCY_BUCKETS), "+Inf"], values["latency"]["counts"], strict=True):
+            running += count
+            cumulative.append((bound, running))
+        yield HistogramMetricFamily(
+            "pushsvc_publish_latency_seconds", "POST /publish: time to store and publish in the broker.",
+            buckets=cumulative, sum_value=values["latency"]["sum"],
+        )
+
+
+class Exporter:
+    """Owns the registry of one app and, with a snapshot dir, the writer task."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        path = rt.settings.metrics_dir
+        self.snapshots = SnapshotDir(path) if path else None
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(PushsvcCollector(rt, self.snapshots))
+        self._task: asyncio.Task[None] | None = None
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def start(self) -> None:
+        if self.snapshots is not None:
+            self._task = asyncio.get_running_loop().create_task(self._write_forever(), name="pushsvc-metrics")
+
+    async def stop(self) -> None:
+        if self._task is None or self.snapshots is None:
+            return
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
+        final = local_snapshot(self.rt)
+        final["final"] = True
+        self._write(final)
+
+    def _write(self, snapshot: dict[str, Any]) -> None:
+        assert self.snapshots is not None
+        try:
+            self.snapshots.write(snapshot)
+        except OSError as exc:
+            log.warning("could not write the metrics snapshot", extra={"error": str(exc)})
+
+    async def _write_forever(self) -> None:
+        while True:
+            self._write(local_snapshot(self.rt))
+            await asyncio.sleep(WRITE_INTERVAL_SECONDS)

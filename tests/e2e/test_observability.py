@@ -1,0 +1,181 @@
+"""Observable: /metrics (prometheus-client format, summed over the workers of
+`pushsvc serve --workers 2`), GET /channels/<name> across processes, JSON logs with
+request ids and one access line per stream when it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.helpers import TOKEN, publish
+from tests.support.procs import Service, wait_until
+from tests.support.sse_client import SSEClient
+
+pytestmark = pytest.mark.e2e
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def scrape(service: Service) -> dict[str, float]:
+    """Every sample of one scrape, on a new connection (so any worker may answer)."""
+    async with httpx.AsyncClient(timeout=5) as http:
+        response = await http.get(service.base + "/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return samples
+
+
+async def until_scrape(service: Service, predicate: Any, timeout: float = 10) -> dict[str, float]:
+    async def loop() -> dict[str, float]:
+        while True:
+            samples = await scrape(service)
+            if predicate(samples):
+                return samples
+            await asyncio.sleep(0.1)  # the other worker writes its snapshot every second
+
+    try:
+        return await asyncio.wait_for(loop(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"metrics never matched; last: {await scrape(service)}") from None
+
+
+def json_lines(service: Service) -> list[dict[str, Any]]:
+    lines = []
+    for line in service.log().splitlines():
+        if line.startswith("{"):
+            lines.append(json.loads(line))
+    return lines
+
+
+async def test_metrics_of_two_workers_are_summed_whichever_worker_answers(service_factory, redis_url):
+    service = service_factory({"PUSHSVC_REDIS_URL": redis_url, "PUSHSVC_LOG_FORMAT": "json"}, workers=2)
+    await until_scrape(service, lambda s: s["pushsvc_workers"] == 2)
+    streams = [await SSEClient.open(service.port, ["metrics"]) for _ in range(6)]
+    try:
+        for stream in streams:
+            await stream.wait_open()
+        # Publish on new connections until both workers have handled some of the requests.
+        published = 0
+        while True:
+            async with httpx.AsyncClient(timeout=5) as http:
+                response = await publish(http, service, {"channel": "metrics", "data": published})
+            assert response.status_code == 202
+            published += 1
+            pids = {line["pid"] for line in json_lines(service)
+                    if line.get("path") == "/publish" and line.get("msg") == "request"}
+            if len(pids) == 2 and published >= 4:
+                break
+            assert published < 60, "the kernel never gave a /publish to the second worker"
+        for stream in streams:
+            await stream.events(published, timeout=5)
+
+        def complete(s: dict[str, float]) -> bool:
+            return (s["pushsvc_open_streams"] == 6 and s["pushsvc_events_published_total"] == published
+                    and s["pushsvc_publish_latency_seconds_count"] == published
+                    and s["pushsvc_streams_opened_total"] == 6)
+
+        samples = await until_scrape(service, complete)
+        for _ in range(8):  # whichever worker answers, the sums hold
+            assert complete(await until_scrape(service, complete, timeout=3))
+        assert samples["pushsvc_workers"] == 2
+        assert samples["pushsvc_subscribed_channels"] >= 1
+        assert samples["pushsvc_events_received_total"] == 2 * published  # each worker got each event once
+        assert samples['pushsvc_publish_latency_seconds_bucket{le=+Inf}'] == published
+        for name in ("pushsvc_events_delivered_total", "pushsvc_events_replayed_total",
+                     "pushsvc_slow_consumer_disconnects_total", "pushsvc_redis_reconnects_total"):
+            assert name in samples
+        # No per-channel (unbounded) labels: the only label is the histogram's `le`.
+        assert all("{" not in key or key.startswith("pushsvc_publish_latency_seconds_bucket{le=")
+                   for key in samples)
+    finally:
+        for stream in streams:
+            await stream.close()
+    await until_scrape(service, lambda s: s["pushsvc_open_streams"] == 0
+                       and s["pushsvc_events_delivered_total"] == 6 * published)
+
+
+async def test_redis_reconnects_are_counted(service_factory, private_redis):
+    service = service_factory({"PUSHSVC_REDIS_URL": private_redis.url})
+    await until_scrape(service, lambda s: s["pushsvc_redis_reconnects_total"] == 0)
+    private_redis.restart()
+    await until_scrape(service, lambda s: s["pushsvc_redis_reconnects_total"] >= 1, timeout=15)
+
+
+async def test_channel_subscriber_count_spans_every_process(service_factory, redis_url):
+    one = service_factory({"PUSHSVC_REDIS_URL": redis_url})
+    two = service_factory({"PUSHSVC_REDIS_URL": redis_url})
+    streams = ([await SSEClient.open(one.port, ["room"]) for _ in range(2)]
+               + [await SSEClient.open(two.port, ["room"]) for _ in range(3)]
+               + [await SSEClient.open(two.port, ["other", "room"])])
+    try:
+        for stream in streams:
+            await stream.wait_open()
+        async with httpx.AsyncClient(timeout=5, headers=AUTH) as http:
+            for service in (one, two):
+                response = await http.get(service.base + "/channels/room")
+                assert response.status_code == 200, response.text
+                assert response.json() == {"channel": "room", "subscribers": 6}
+            assert (await http.get(two.base + "/channels/other")).json()["subscribers"] == 1
+            assert (await http.get(one.base + "/channels/other")).json()["subscribers"] == 1
+            assert (await http.get(one.base + "/channels/nobody:here")).json()["subscribers"] == 0
+            assert (await http.get(one.base + "/channels/bad*name")).status_code == 400
+            unauthenticated = await http.get(one.base + "/channels/room", headers={"Authorization": ""})
+            assert unauthenticated.status_code == 401
+            assert unauthenticated.json()["error"] == "unauthorized"
+    finally:
+        for stream in streams:
+            await stream.close()
+
+
+async def test_json_logs_have_request_ids_and_a_line_per_ended_stream(service_factory, http):
+    service = service_factory({"PUSHSVC_LOG_FORMAT": "json"})
+    echoed = await http.get(service.base + "/openapi.json", headers={"X-Request-ID": "caller-42"})
+    assert echoed.headers["x-request-id"] == "caller-42"
+    made = await http.get(service.base + "/healthz", headers={"X-Request-ID": "bad id with spaces"})
+    assert len(made.headers["x-request-id"]) == 32 and " " not in made.headers["x-request-id"]
+
+    stream = await SSEClient.open(service.port, ["logged"], headers={"X-Request-ID": "stream-7"})
+    try:
+        assert stream.headers["x-request-id"] == "stream-7"
+        await stream.wait_open()
+        for n in range(3):
+            await publish(http, service, {"channel": "logged", "data": n})
+        await stream.events(3)
+    finally:
+        await stream.close()
+
+    def ended() -> dict[str, Any] | None:
+        return next((line for line in json_lines(service)
+                     if line["msg"] == "stream ended" and line.get("request_id") == "stream-7"), None)
+
+    line = await asyncio.to_thread(wait_until, ended, 5, 0.05, "the stream's access line")
+    assert line["events"] == 3 and line["reason"] == "client" and line["channels"] == "logged"
+    assert line["duration_s"] > 0 and line["client"] == "127.0.0.1" and line["logger"] == "pushsvc.access"
+    requests = [entry for entry in json_lines(service) if entry["msg"] == "request"]
+    assert any(entry["request_id"] == "caller-42" and entry["status"] == 200 for entry in requests)
+    assert all(entry.get("ts") and entry.get("level") for entry in json_lines(service))
+
+
+async def test_a_stream_ended_by_shutdown_is_logged_with_that_reason(service_factory, http):
+    service = service_factory({"PUSHSVC_LOG_FORMAT": "json"})
+    stream = await SSEClient.open(service.port, ["bye"], headers={"X-Request-ID": "bye-1"})
+    try:
+        await stream.wait_open()
+        await publish(http, service, {"channel": "bye", "data": "one"})
+        await stream.events(1)
+        assert await asyncio.to_thread(service.stop) == 0
+        await stream.until_end(5)
+    finally:
+        await stream.close()
+    line = next(entry for entry in json_lines(service) if entry.get("request_id") == "bye-1")
+    assert (line["msg"], line["events"], line["reason"]) == ("stream ended", 1, "shutdown")
