@@ -15,9 +15,11 @@ from .events import EventError
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .logs import configure as configure_logging
     from .server import serve
 
     settings = Settings.from_env()
+    configure_logging(settings.log_format, settings.log_level)
     return serve(settings, args.bind, args.workers, args.config)
 
 

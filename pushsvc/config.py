@@ -104,7 +104,8 @@ class Settings:
         "over it has its stream ended (it resumes from history)."
     )
     queue_bytes: int = _setting(
-        4 * 1024 * 1024, _int_range(1024, 1 << 31), "Per-subscriber queue bound, in bytes."
+        1024 * 1024, _int_range(1024, 1 << 31), "Per-subscriber queue bound, in bytes (events are shared "
+        "between subscribers; this bounds what one stalled stream can keep alive)."
     )
     history_size: int = _setting(
         1000, _int_range(0, 1_000_000), "Events kept per channel for resume (0: no history)."

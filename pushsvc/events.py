@@ -168,14 +168,15 @@ def event_from_json(obj: object, max_event_bytes: int) -> Event:
 class Frame:
     """One received event, parsed and SSE-encoded once for every local subscriber.
 
-    `body` is the event without its id line; `single` is what a one-channel stream sends
-    (id line + body).  Foreign events (no pushsvc position) have seq 0 and no id line.
+    `single` is what a one-channel stream sends (id line + event); `body` is the event
+    without its id line, a view into `single` (one copy of the bytes per event).  Foreign
+    events (no pushsvc position) have seq 0 and no id line.
     """
 
     channel: str
     epoch: str | None
     seq: int
-    body: bytes
+    body: bytes | memoryview
     single: bytes
 
 
@@ -208,5 +209,6 @@ def parse_message(channel: str, payload: bytes) -> Frame:
     ):
         raise EventError("invalid_message", "message has a malformed pushsvc position")
     seq, epoch = position[0], position[1]
-    single = b"id: %s-%d\n%s" % (epoch.encode("ascii"), seq, body)
-    return Frame(channel, epoch, seq, body, single)
+    id_line = b"id: %s-%d\n" % (epoch.encode("ascii"), seq)
+    single = id_line + body
+    return Frame(channel, epoch, seq, memoryview(single)[len(id_line):], single)

@@ -13,6 +13,7 @@ small supervisor starts N worker processes on that socket and forwards signals t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -35,6 +36,7 @@ from .logs import configure as configure_logging
 log = logging.getLogger("pushsvc.server")
 
 DEFAULT_BIND = "127.0.0.1:8000"
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -78,8 +80,20 @@ def _new_loop_runner() -> Any:
         return asyncio.run
 
 
-def run_worker(settings: Settings, config_path: str | None, sock: socket.socket) -> None:
-    """One worker process: serve the app on `sock` until SIGTERM/SIGINT, then drain."""
+def run_worker(
+    settings: Settings, config_path: str | None, sock: socket.socket, armed: Any = None
+) -> None:
+    """One worker process: serve the app on `sock` until SIGTERM/SIGINT, then drain.
+
+    A stop signal that arrives while the worker is still starting is noted and honoured
+    as soon as serving starts; `armed` (a multiprocessing Event) tells the supervisor
+    that from now on it may forward signals here.
+    """
+    early: list[int] = []
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda received, _frame: early.append(received))
+    if armed is not None:
+        armed.set()
     from .app import create_app
 
     configure_logging(settings.log_format, settings.log_level)
@@ -97,6 +111,8 @@ def run_worker(settings: Settings, config_path: str | None, sock: socket.socket)
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        if early:
+            stop.set()
 
         async def shutdown_trigger() -> None:
             await stop.wait()
@@ -139,38 +155,53 @@ def serve(settings: Settings, bind: str, workers: int, config_path: str | None) 
 
 
 def _supervise(settings: Settings, config_path: str | None, sock: socket.socket, workers: int) -> int:
+    """Start `workers` processes on `sock`, restart any that dies, forward stop signals.
+
+    A signal is forwarded to a worker only once it is armed (its own handler installed):
+    before that, the default action would kill it uncleanly.
+    """
     ctx = multiprocessing.get_context("spawn")
-    stopping = False
+    stop_signal: int | None = None
+    processes: list[Any] = []
+    armed: list[Any] = []
+    signalled: set[int] = set()
 
-    def start() -> Any:
-        process = ctx.Process(target=run_worker, args=(settings, config_path, sock), daemon=False)
+    def start() -> tuple[Any, Any]:
+        ready = ctx.Event()
+        process = ctx.Process(target=run_worker, args=(settings, config_path, sock, ready), daemon=False)
         process.start()
-        return process
+        return process, ready
 
-    processes = [start() for _ in range(workers)]
+    def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal stop_signal
+        stop_signal = signum
 
-    def forward(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        for process in processes:
-            if process.is_alive() and process.pid is not None:
-                try:
-                    os.kill(process.pid, signum)
-                except ProcessLookupError:
-                    pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for _ in range(workers):
+        if stop_signal is None:
+            process, ready = start()
+            processes.append(process)
+            armed.append(ready)
+    log.info("workers started", extra={"workers": len(processes)})
     while True:
+        if stop_signal is not None:
+            for process, ready in zip(processes, armed, strict=True):
+                if process.pid not in signalled and process.is_alive() and ready.is_set():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, stop_signal)
+                    signalled.add(process.pid)
         alive = [p for p in processes if p.is_alive()]
         if not alive:
             break
-        wait_for_sentinels([p.sentinel for p in alive], timeout=1.0)
-        if not stopping:
+        wait_for_sentinels([p.sentinel for p in alive], timeout=0.05 if stop_signal else 1.0)
+        if stop_signal is None:
             for i, process in enumerate(processes):
                 if not process.is_alive():
                     log.warning("worker exited, restarting", extra={"exitcode": process.exitcode})
-                    processes[i] = start()
+                    processes[i], armed[i] = start()
     codes = [p.exitcode or 0 for p in processes]
+    for process, code in zip(processes, codes, strict=True):
+        if code:
+            log.warning("worker exited with an error", extra={"pid": process.pid, "exitcode": code})
     return 0 if all(code == 0 for code in codes) else 1
-

@@ -79,7 +79,7 @@ class StreamSession:
         try:
             while True:
                 items = await sub.take()
-                out: list[bytes] = []
+                out: list[bytes | memoryview] = []
                 final = await self._handle(items, out)
                 self._flush(out)
                 if final is not None:
@@ -94,7 +94,7 @@ class StreamSession:
         finally:
             self.hub.remove(sub)
 
-    async def _handle(self, items: list[Any], out: list[bytes]) -> bytes | None:
+    async def _handle(self, items: list[Any], out: list[bytes | memoryview]) -> bytes | None:
         """Turn queued items into bytes; returns the final chunk when the stream must end."""
         for item in items:
             if type(item) is Frame:
@@ -131,7 +131,7 @@ class StreamSession:
             return ".".join(self.parts)
         return Position(self.epochs[0], self.seqs[0]).format()
 
-    def _deliver(self, i: int, frame: Frame, out: list[bytes]) -> None:
+    def _deliver(self, i: int, frame: Frame, out: list[bytes | memoryview]) -> None:
         if self.pending_resets:
             self._emit_resets(out)
         self.epochs[i] = frame.epoch
@@ -144,14 +144,14 @@ class StreamSession:
         self.dirty = False
         self.delivered += 1
 
-    def _flush(self, out: list[bytes]) -> None:
+    def _flush(self, out: list[bytes | memoryview]) -> None:
         if self.pending_resets:
             self._emit_resets(out)
         elif self.dirty and all(self.synced):
             out.append(sse.id_only(self._stream_id()))
             self.dirty = False
 
-    def _emit_resets(self, out: list[bytes]) -> None:
+    def _emit_resets(self, out: list[bytes | memoryview]) -> None:
         reasons = sorted({reason for _, reason in self.pending_resets})
         data = json.dumps(
             {"reason": reasons[0] if len(reasons) == 1 else reasons,
@@ -169,7 +169,7 @@ class StreamSession:
 
     # -- items -------------------------------------------------------------------------------
 
-    async def _on_frame(self, frame: Frame, out: list[bytes]) -> None:
+    async def _on_frame(self, frame: Frame, out: list[bytes | memoryview]) -> None:
         i = self.index[frame.channel] if self.multi else 0
         if not self.synced[i]:
             if len(self.held) >= self.subscriber.max_items:  # no Sync for too long: start over
@@ -198,7 +198,7 @@ class StreamSession:
         if frame.epoch == self.epochs[i] and frame.seq == self.seqs[i] + 1:
             self._deliver(i, frame, out)
 
-    async def _on_sync(self, item: Sync, out: list[bytes]) -> None:
+    async def _on_sync(self, item: Sync, out: list[bytes | memoryview]) -> None:
         i = self.index[item.channel]
         first = not self.synced[i]
         self.synced[i] = True
@@ -218,7 +218,7 @@ class StreamSession:
             for frame in held:
                 await self._on_frame(frame, out)
 
-    async def _catch_up(self, i: int, out: list[bytes], need: Position) -> None:
+    async def _catch_up(self, i: int, out: list[bytes | memoryview], need: Position) -> None:
         """Replay what the stream missed on channel i, or reset it; `need` is a position
         known to exist (a read must reach it to be of use)."""
         channel = self.channels[i]

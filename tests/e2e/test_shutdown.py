@@ -74,3 +74,12 @@ async def test_embedded_broker_under_plain_hypercorn_with_two_workers_is_refused
     assert service.proc is not None
     await asyncio.to_thread(service.proc.wait, 20)  # the server stops (Hypercorn exits 0 here)
     assert "works in one process only" in service.log()
+
+
+async def test_sigterm_while_workers_are_still_starting_exits_cleanly(service_factory, redis_url):
+    service = service_factory({"PUSHSVC_REDIS_URL": redis_url}, workers=2, start=False)
+    service.start(log_line="workers started")
+    assert service.proc is not None
+    service.proc.send_signal(signal.SIGTERM)  # while the workers are still importing
+    code = await asyncio.to_thread(service.proc.wait, 20)
+    assert code == 0, service.log()[-4000:]

@@ -129,12 +129,16 @@ class Service:
         return [sys.executable, "-m", "pushsvc.cli", "serve", "--bind", f"127.0.0.1:{self.port}",
                 "--workers", str(self.workers), "--config", str(self.config)]
 
-    def start(self, ready: str = "/healthz") -> Service:
+    def start(self, ready: str = "/healthz", log_line: str | None = None) -> Service:
+        """Start; wait until `ready` answers 200 (or, with `log_line`, until the log shows it)."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        wait_until(lambda: self._answers(ready), 20, what=f"pushsvc on {self.port}")
+        if log_line is not None:
+            wait_until(lambda: log_line in self.log(), 20, what=f"{log_line!r} in the log")
+        else:
+            wait_until(lambda: self._answers(ready), 20, what=f"pushsvc on {self.port}")
         return self
 
     def _answers(self, path: str) -> bool:
