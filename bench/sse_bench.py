@@ -1,0 +1,686 @@
+"""pushsvc against flask-sse, sse-starlette and Nchan: one command, same load, same run.
+
+    bench/setup.sh                      # once: bench/.venv-baselines (flask-sse, gunicorn, gevent,
+                                        #       sse-starlette, uvicorn); Nchan: apt-get install
+                                        #       nginx libnginx-mod-nchan
+    python bench/sse_bench.py           # the matrix: N = 1,000 / 5,000 / 10,000 + throughput + publish
+    python bench/sse_bench.py --quick   # N = 1,000 only, shorter steps (a few minutes)
+    python bench/sse_bench.py --servers pushsvc,nchan --sizes 10000 --workers 2
+
+Everything runs on loopback: a private redis-server on a free port (never :6379), each
+server started by the bench on a free port, one at a time, stopped afterwards.  The load
+generator is `bench/loadgen.py` (raw sockets, uvloop, several client processes).
+
+Per server and N (streams on one channel, then `--events` events to all, one every
+`--interval` s, published by `POST /publish`, or by Redis ``PUBLISH`` with
+``--publish redis``):
+  connect time until every stream had its headers; server CPU per stream opened; RSS per
+  open stream (whole process tree, /proc); server CPU per delivered event; publish ->
+  receive latency p50/p99/max; time until the last subscriber got each event; loss,
+  duplicates, streams closed by the server.
+Throughput: 100 subscribers, publish rate doubled each step until p99 > 100 ms, loss, or
+the publisher falls behind; deliveries/s at the best step that held p99 <= 100 ms with no
+loss.  Publish: `POST /publish` requests/s (single events) and events/s (batches of 100),
+with server CPU per request.
+
+Writes bench/results/<timestamp>.json and .md (and latest.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+import uvloop  # noqa: E402
+from loadgen import (  # noqa: E402
+    ClientProcess,
+    HttpClient,
+    RedisPublisher,
+    tree_cpu_seconds,
+    tree_rss_bytes,
+)
+
+from tests.support.procs import RedisServer, free_port  # noqa: E402
+
+BASELINE_VENV = HERE / ".venv-baselines"
+CHANNEL = "bench"
+TOKEN = "bench-token"
+PAD = "x" * 64
+STREAMS_PER_CLIENT = 5000
+
+
+def payload(seq: int) -> str:
+    return f"~{seq}~{time.monotonic_ns()}~{PAD}"
+
+
+# -- servers -----------------------------------------------------------------------------
+
+class Server:
+    name = "?"
+    redis_based = True
+    stream_path = f"/stream?channel={CHANNEL}"
+
+    def __init__(self, redis_url: str, n: int) -> None:
+        self.redis_url = redis_url
+        self.n = n
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{self.name}-", suffix=".log", delete=False)
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def cwd(self) -> Path:
+        return ROOT
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.command(), cwd=self.cwd(), env=self.env(), stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {Path(self.log.name).read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"{self.name} did not listen on {self.port}")
+        time.sleep(1.0)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+            except ProcessLookupError:
+                pass
+        self.proc = None
+
+    # publishing
+    def http_publish(self, data: str) -> tuple[str, bytes, str]:
+        body = json.dumps({"channel": CHANNEL, "data": data}).encode()
+        return "/publish", body, "Content-Type: application/json\r\n"
+
+    def http_batch(self, datas: list[str]) -> tuple[str, bytes, str]:
+        raise NotImplementedError
+
+    def redis_message(self, data: str) -> bytes:
+        return json.dumps({"data": data}).encode()
+
+
+class Pushsvc(Server):
+    name = "pushsvc"
+
+    def __init__(self, redis_url: str, n: int, workers: int = 1, variant: str = "") -> None:
+        self.workers = workers
+        self.variant = variant
+        if workers > 1:
+            self.name = f"pushsvc-w{workers}"
+        if variant:
+            self.name = f"pushsvc-{variant}"
+        super().__init__(redis_url, n)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "pushsvc.cli", "serve", "--bind", f"127.0.0.1:{self.port}",
+                "--workers", str(self.workers), "--config", str(HERE / "hypercorn-bench.toml")]
+
+    def env(self) -> dict[str, str]:
+        env = {**os.environ, "PUSHSVC_REDIS_URL": self.redis_url, "PUSHSVC_PUBLISH_TOKENS": TOKEN,
+               "PUSHSVC_LOG_LEVEL": "WARNING", "PUSHSVC_MAX_STREAMS": "20000"}
+        if self.variant:
+            env["PUSHSVC_BENCH_VARIANT"] = self.variant
+        return env
+
+    def http_publish(self, data: str) -> tuple[str, bytes, str]:
+        path, body, headers = super().http_publish(data)
+        return path, body, headers + f"Authorization: Bearer {TOKEN}\r\n"
+
+    def http_batch(self, datas: list[str]) -> tuple[str, bytes, str]:
+        body = json.dumps([{"channel": CHANNEL, "data": d} for d in datas]).encode()
+        return "/publish", body, f"Content-Type: application/json\r\nAuthorization: Bearer {TOKEN}\r\n"
+
+
+class FlaskSse(Server):
+    name = "flask-sse"
+
+    def command(self) -> list[str]:
+        return [str(BASELINE_VENV / "bin" / "gunicorn"), "-k", "gevent", "-w", "1",
+                "--worker-connections", "20000", "--backlog", "2048", "--timeout", "120",
+                "--log-level", "warning", "-b", f"127.0.0.1:{self.port}", "flask_sse_app:app"]
+
+    def cwd(self) -> Path:
+        return HERE / "baselines"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "BENCH_REDIS_URL": self.redis_url}
+
+
+class SseStarlette(Server):
+    name = "sse-starlette"
+
+    def command(self) -> list[str]:
+        return [str(BASELINE_VENV / "bin" / "uvicorn"), "starlette_app:app", "--host", "127.0.0.1",
+                "--port", str(self.port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+                "--backlog", "2048", "--log-level", "warning"]
+
+    def cwd(self) -> Path:
+        return HERE / "baselines"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "BENCH_REDIS_URL": self.redis_url, "BENCH_POOL_SIZE": str(self.n + 200)}
+
+
+class Nchan(Server):
+    name = "nchan"
+    redis_based = False
+
+    def command(self) -> list[str]:
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-nchan-"))
+        (self.dir / "body").mkdir()
+        conf = (HERE / "baselines" / "nchan.conf.tmpl").read_text().format(dir=self.dir, port=self.port)
+        (self.dir / "nginx.conf").write_text(conf)
+        return [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(self.dir / "nginx.conf"), "-p", str(self.dir)]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGQUIT)  # nginx graceful stop
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        super().stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def http_publish(self, data: str) -> tuple[str, bytes, str]:
+        return f"/publish?channel={CHANNEL}", data.encode(), "Content-Type: text/plain\r\n"
+
+
+SERVERS = {"pushsvc": Pushsvc, "flask-sse": FlaskSse, "sse-starlette": SseStarlette, "nchan": Nchan}
+
+
+# -- phases ------------------------------------------------------------------------------
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+class Clients:
+    def __init__(self, n: int) -> None:
+        self.procs = [ClientProcess() for _ in range(max(1, math.ceil(n / STREAMS_PER_CLIENT)))]
+
+    def open(self, server: Server, n: int, timeout: float) -> dict[str, Any]:
+        shares = [n // len(self.procs) + (1 if i < n % len(self.procs) else 0) for i in range(len(self.procs))]
+        for proc, share in zip(self.procs, shares, strict=True):
+            proc.send("open", "127.0.0.1", server.port, server.stream_path, share, 256, timeout)
+        ok, elapsed, errors = 0, 0.0, {}
+        for proc in self.procs:
+            _, k, e, bad = proc.recv(timeout + 60)
+            ok += k
+            elapsed = max(elapsed, e)
+            for key, v in bad.items():
+                errors[key] = errors.get(key, 0) + v
+        return {"connected": ok, "connect_s": elapsed, "errors": errors}
+
+    def count(self) -> int:
+        for proc in self.procs:
+            proc.send("count")
+        return sum(proc.recv(30) for proc in self.procs)
+
+    def wait_quiet(self, expected: int, limit: float, quiet: float = 3.0) -> int:
+        deadline = time.monotonic() + limit
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            got = self.count()
+            if got >= expected:
+                return got
+            if got != last:
+                last, since = got, time.monotonic()
+            elif time.monotonic() - since > quiet:
+                return got
+            time.sleep(0.1)
+        return self.count()
+
+    def collect(self) -> tuple[array[int], array[int], int, int]:
+        seqs, lat = array("q"), array("q")
+        dups = closed = 0
+        for proc in self.procs:
+            s, la, d, c = proc.collect()
+            seqs.extend(s)
+            lat.extend(la)
+            dups += d
+            closed += c
+        return seqs, lat, dups, closed
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.close()
+
+
+async def _publish_spaced(server: Server, redis_url: str, via: str, first_seq: int, count: int,
+                          interval: float) -> None:
+    if via == "redis" and server.redis_based:
+        host, port = redis_url.split("//")[1].split("/")[0].split(":")
+        pub = await RedisPublisher.connect(host, int(port))
+        for i in range(count):
+            pub.publish(CHANNEL.encode(), server.redis_message(payload(first_seq + i)))
+            await asyncio.sleep(interval)
+        pub.close()
+        return
+    client = await HttpClient.connect("127.0.0.1", server.port)
+    for i in range(count):
+        path, body, headers = server.http_publish(payload(first_seq + i))
+        status = await client.request("POST", path, body, headers)
+        if status >= 300:
+            print(f"    publish answered {status}", file=sys.stderr)
+        await asyncio.sleep(interval)
+    client.close()
+
+
+def fanout(server: Server, n: int, args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
+    clients = Clients(n)
+    try:
+        time.sleep(0.5)
+        rss0, cpu0 = tree_rss_bytes(server.pid), tree_cpu_seconds(server.pid)
+        opened = clients.open(server, n, args.connect_timeout)
+        time.sleep(1.0)
+        cpu1, rss1 = tree_cpu_seconds(server.pid), tree_rss_bytes(server.pid)
+        connected = opened["connected"]
+        result: dict[str, Any] = {
+            "n": n, **opened,
+            "cpu_per_open_us": (cpu1 - cpu0) / max(connected, 1) * 1e6,
+            "rss_per_stream_kb": (rss1 - rss0) / max(connected, 1) / 1024,
+            "rss_mb": rss1 / 2**20,
+        }
+        expected = connected * args.events
+        started = time.monotonic()
+        uvloop.run(_publish_spaced(server, redis_url, args.publish, 1, args.events, args.interval))
+        got = clients.wait_quiet(expected, limit=60)
+        elapsed = time.monotonic() - started
+        cpu2 = tree_cpu_seconds(server.pid)
+        seqs, lat, dups, closed = clients.collect()
+        lat_ms = [v / 1e6 for v in lat]
+        per_event: dict[int, float] = {}
+        for s, v in zip(seqs, lat_ms, strict=True):
+            if v > per_event.get(s, -1.0):
+                per_event[s] = v
+        last = list(per_event.values())
+        result.update({
+            "events": args.events, "expected": expected, "delivered": got, "loss": expected - len(seqs),
+            "dups": dups, "closed_by_server": closed,
+            "cpu_per_delivery_us": (cpu2 - cpu1) / max(len(seqs), 1) * 1e6,
+            "p50_ms": percentile(lat_ms, 0.50), "p99_ms": percentile(lat_ms, 0.99),
+            "max_ms": max(lat_ms) if lat_ms else math.nan,
+            "last_subscriber_median_ms": statistics.median(last) if last else math.nan,
+            "last_subscriber_max_ms": max(last) if last else math.nan,
+            "fanout_deliveries_per_s": connected / (statistics.median(last) / 1000) if last else 0.0,
+            "phase_s": elapsed,
+        })
+        return result
+    finally:
+        clients.close()
+
+
+async def _publish_rate(server: Server, redis_url: str, first_seq: int, rate: float, duration: float) -> float:
+    """Publish at `rate` events/s for `duration` s; returns the achieved rate."""
+    loop = asyncio.get_running_loop()
+    total = int(rate * duration)
+    sent = 0
+    if server.redis_based:
+        host, port = redis_url.split("//")[1].split("/")[0].split(":")
+        pub = await RedisPublisher.connect(host, int(port))
+        start = loop.time()
+        while sent < total:
+            due = min(total, int((loop.time() - start) * rate) + 1)
+            while sent < due:
+                pub.publish(CHANNEL.encode(), server.redis_message(payload(first_seq + sent)))
+                sent += 1
+            await asyncio.sleep(0.002)
+        took = loop.time() - start
+        pub.close()
+        return sent / max(took, duration)
+    idle: asyncio.Queue[HttpClient] = asyncio.Queue()
+    for _ in range(32):
+        idle.put_nowait(await HttpClient.connect("127.0.0.1", server.port))
+    tasks = set()
+
+    async def one(seq: int) -> None:
+        client = await idle.get()
+        try:
+            path, body, headers = server.http_publish(payload(seq))
+            await client.request("POST", path, body, headers)
+        finally:
+            idle.put_nowait(client)
+
+    start = loop.time()
+    while sent < total:
+        due = min(total, int((loop.time() - start) * rate) + 1)
+        while sent < due:
+            task = asyncio.ensure_future(one(first_seq + sent))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+        await asyncio.sleep(0.002)
+    await asyncio.gather(*tasks)
+    took = loop.time() - start
+    while not idle.empty():
+        idle.get_nowait().close()
+    return sent / max(took, duration)
+
+
+def throughput(server: Server, args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
+    subs = 100
+    clients = Clients(subs)
+    steps = []
+    try:
+        opened = clients.open(server, subs, 30)
+        time.sleep(1.0)
+        rate, seq = args.start_rate, 1
+        while rate <= args.max_rate:
+            cpu0 = tree_cpu_seconds(server.pid)
+            achieved = uvloop.run(_publish_rate(server, redis_url, seq, rate, args.step_seconds))
+            expected = int(rate * args.step_seconds) * opened["connected"]
+            clients.wait_quiet(expected, limit=30, quiet=2.0)
+            cpu1 = tree_cpu_seconds(server.pid)
+            seqs, lat, dups, closed = clients.collect()
+            lat_ms = [v / 1e6 for v in lat]
+            p99 = percentile(lat_ms, 0.99)
+            step = {"rate": rate, "achieved_rate": achieved, "deliveries": len(seqs),
+                    "deliveries_per_s": len(seqs) / args.step_seconds, "loss": expected - len(seqs),
+                    "dups": dups, "closed": closed, "p50_ms": percentile(lat_ms, 0.5), "p99_ms": p99,
+                    "cpu_per_delivery_us": (cpu1 - cpu0) / max(len(seqs), 1) * 1e6}
+            steps.append(step)
+            print(f"    {server.name} rate {rate:>6}/s: {step['deliveries_per_s']:>9,.0f} deliveries/s "
+                  f"p99 {p99:8.1f} ms loss {step['loss']}", flush=True)
+            seq += int(rate * args.step_seconds) + 10
+            if p99 > 100 or step["loss"] > 0 or closed or achieved < 0.9 * rate:
+                break
+            rate *= 2
+    finally:
+        clients.close()
+    ok = [s for s in steps if s["p99_ms"] <= 100 and s["loss"] == 0 and not s["closed"]]
+    best = max(ok, key=lambda s: s["deliveries_per_s"]) if ok else None
+    return {"subscribers": subs, "steps": steps,
+            "best_deliveries_per_s": best["deliveries_per_s"] if best else 0.0,
+            "best_rate": best["rate"] if best else 0}
+
+
+async def _publish_load(server: Server, batch: int, duration: float, conns: int) -> int:
+    clients = [await HttpClient.connect("127.0.0.1", server.port) for _ in range(conns)]
+    done = 0
+    stop = asyncio.get_running_loop().time() + duration
+    bad: dict[int, int] = {}
+
+    async def loop_one(client: HttpClient) -> None:
+        nonlocal done
+        while asyncio.get_running_loop().time() < stop:
+            if batch == 1:
+                path, body, headers = server.http_publish(payload(0))
+            else:
+                path, body, headers = server.http_batch([payload(0)] * batch)
+            status = await client.request("POST", path, body, headers)
+            if status < 300:
+                done += 1
+            else:
+                bad[status] = bad.get(status, 0) + 1
+
+    await asyncio.gather(*[loop_one(c) for c in clients])
+    for c in clients:
+        c.close()
+    if bad:
+        print(f"    publish errors: {bad}", file=sys.stderr)
+    return done
+
+
+def publish_rate(server: Server, args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    batches = [1, 100] if isinstance(server, Pushsvc) else [1]
+    for batch in batches:
+        cpu0 = tree_cpu_seconds(server.pid)
+        t0 = time.monotonic()
+        done = uvloop.run(_publish_load(server, batch, args.publish_seconds, 16))
+        took = time.monotonic() - t0
+        cpu = tree_cpu_seconds(server.pid) - cpu0
+        key = "single" if batch == 1 else f"batch{batch}"
+        out[key] = {"requests_per_s": done / took, "events_per_s": done * batch / took,
+                    "cpu_per_request_us": cpu / max(done, 1) * 1e6}
+    return out
+
+
+# -- report ------------------------------------------------------------------------------
+
+def fmt(v: Any, spec: str = ",.0f") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, spec)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"Run {report['date']} on {report['machine']}; load `{report['argv']}`.", ""]
+    lines += ["### Fan-out: N streams on one channel, "
+              f"{report['args']['events']} events to all (publish via {report['args']['publish']})", "",
+              "| server | N | connected | connect s | CPU/stream opened µs | RSS/stream KB | CPU/delivery µs "
+              "| p50 ms | p99 ms | max ms | last subscriber (median) ms | loss | dups | errors |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["fanout"]:
+        if "error" in r:
+            lines.append(f"| {r['server']} | {r['n']} | failed: {r['error'][:80].splitlines()[0]} |||||||||||")
+            continue
+        errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "-"
+        if r["closed_by_server"]:
+            errors += f"; closed by server: {r['closed_by_server']}"
+        lines.append(
+            f"| {r['server']} | {r['n']:,} | {r['connected']:,} | {r['connect_s']:.1f} | {fmt(r['cpu_per_open_us'])} "
+            f"| {fmt(r['rss_per_stream_kb'], '.1f')} | {fmt(r['cpu_per_delivery_us'], '.1f')} "
+            f"| {fmt(r['p50_ms'], '.0f')} | {fmt(r['p99_ms'], '.0f')} | {fmt(r['max_ms'], '.0f')} "
+            f"| {fmt(r['last_subscriber_median_ms'], '.0f')} | {r['loss']:,} | {r['dups']} | {errors} |")
+    if report["throughput"]:
+        lines += ["", "### Throughput: 100 subscribers, publish rate doubled until p99 > 100 ms", "",
+                  "| server | best deliveries/s (p99 ≤ 100 ms, no loss) | at events/s | steps (rate: deliveries/s, p99 ms) |",
+                  "|---|---|---|---|"]
+        for name, t in report["throughput"].items():
+            if "error" in t:
+                lines.append(f"| {name} | failed: {t['error'][:80].splitlines()[0]} | | |")
+                continue
+            steps = "; ".join(f"{s['rate']}: {s['deliveries_per_s']:,.0f}, {s['p99_ms']:.0f}" for s in t["steps"])
+            lines.append(f"| {name} | {t['best_deliveries_per_s']:,.0f} | {t['best_rate']} | {steps} |")
+    if report["publish"]:
+        lines += ["", "### POST /publish, 16 keep-alive connections", "",
+                  "| server | single: requests/s | CPU/request µs | batches of 100: events/s | CPU/request µs |",
+                  "|---|---|---|---|---|"]
+        for name, p in report["publish"].items():
+            b = p.get("batch100", {})
+            lines.append(f"| {name} | {p['single']['requests_per_s']:,.0f} | {p['single']['cpu_per_request_us']:,.0f} "
+                         f"| {fmt(b.get('events_per_s'))} | {fmt(b.get('cpu_per_request_us'))} |")
+    ratios = report.get("ratios")
+    if ratios:
+        lines += ["", "### Ratios (pushsvc figure / peer figure; lower is better except deliveries/s and publish)", "",
+                  "| N | metric | " + " | ".join(ratios["peers"]) + " |",
+                  "|---|---|" + "---|" * len(ratios["peers"])]
+        for row in ratios["rows"]:
+            lines.append(f"| {row[0]} | {row[1]} | " + " | ".join(row[2:]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def compute_ratios(report: dict[str, Any], me: str) -> dict[str, Any]:
+    peers = [s for s in report["servers"] if s != me]
+    rows = []
+    metrics = [("cpu_per_open_us", "CPU/stream opened"), ("rss_per_stream_kb", "RSS/stream"),
+               ("cpu_per_delivery_us", "CPU/delivery"), ("p99_ms", "p99"), ("connect_s", "connect time")]
+    by = {(r["server"], r["n"]): r for r in report["fanout"] if "error" not in r}
+    for n in report["args"]["sizes"]:
+        mine = by.get((me, n))
+        if not mine:
+            continue
+        for key, label in metrics:
+            row = [f"{n:,}", label]
+            for p in peers:
+                other = by.get((p, n))
+                ok = other and other.get(key) and other["connected"] == n
+                row.append(f"{mine[key] / other[key]:.2f}" if ok else "-")
+            rows.append(row)
+    t = report["throughput"]
+    if me in t and "error" not in t[me]:
+        row = ["100", "deliveries/s at p99 ≤ 100 ms"]
+        for p in peers:
+            other = t.get(p, {}).get("best_deliveries_per_s")
+            row.append(f"{t[me]['best_deliveries_per_s'] / other:.2f}" if other else "-")
+        rows.append(row)
+    return {"peers": peers, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="N = 1,000 only, short throughput steps")
+    parser.add_argument("--servers", default="pushsvc,flask-sse,sse-starlette,nchan")
+    parser.add_argument("--variants", default="", help="extra pushsvc variants (PUSHSVC_BENCH_VARIANT), comma-separated")
+    parser.add_argument("--sizes", default="1000,5000,10000")
+    parser.add_argument("--events", type=int, default=20)
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between fan-out events")
+    parser.add_argument("--publish", choices=["http", "redis"], default="http")
+    parser.add_argument("--workers", type=int, default=1, help="pushsvc workers")
+    parser.add_argument("--connect-timeout", type=float, default=60.0)
+    parser.add_argument("--start-rate", type=int, default=50)
+    parser.add_argument("--max-rate", type=int, default=12800)
+    parser.add_argument("--step-seconds", type=float, default=3.0)
+    parser.add_argument("--publish-seconds", type=float, default=4.0)
+    parser.add_argument("--no-throughput", action="store_true")
+    parser.add_argument("--no-publish", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.step_seconds, args.publish_seconds, args.interval = "1000", 2.0, 2.0, 0.25
+    args.sizes = [int(s) for s in args.sizes.split(",") if s]
+    names = [s for s in args.servers.split(",") if s]
+    if any(n in ("flask-sse", "sse-starlette") for n in names) and not (BASELINE_VENV / "bin" / "gunicorn").exists():
+        subprocess.run([str(HERE / "setup.sh")], check=True)
+
+    def make(name: str, redis_url: str, n: int) -> Server:
+        if name == "pushsvc":
+            return Pushsvc(redis_url, n, workers=args.workers)
+        if name.startswith("pushsvc-"):
+            return Pushsvc(redis_url, n, workers=args.workers, variant=name.removeprefix("pushsvc-"))
+        return SERVERS[name](redis_url, n)
+
+    names += [f"pushsvc-{v}" for v in args.variants.split(",") if v]
+    me = "pushsvc" if args.workers == 1 else f"pushsvc-w{args.workers}"
+    labels = [me if n == "pushsvc" else n for n in names]
+    redis = RedisServer()
+    redis_cmd_patch(redis)
+    redis.start()
+    report: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+                   f"Linux {platform.release()}, Python {platform.python_version()})",
+        "argv": " ".join(["python bench/sse_bench.py", *sys.argv[1:]]),
+        "args": {k: v for k, v in vars(args).items()}, "servers": labels,
+        "fanout": [], "throughput": {}, "publish": {},
+    }
+    try:
+        for n in args.sizes:
+            for name, label in zip(names, labels, strict=True):
+                print(f"== {label}: fan-out to {n:,} streams (load {os.getloadavg()[0]:.2f})", flush=True)
+                server = make(name, redis.url, n)
+                try:
+                    server.start()
+                    r = fanout(server, n, args, redis.url)
+                except Exception as exc:  # keep the matrix going
+                    r = {"n": n, "error": f"{type(exc).__name__}: {exc}"}
+                finally:
+                    server.stop()
+                r["server"] = label
+                report["fanout"].append(r)
+                print("   ", {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
+        if not args.no_throughput:
+            for name, label in zip(names, labels, strict=True):
+                print(f"== {label}: throughput (load {os.getloadavg()[0]:.2f})", flush=True)
+                server = make(name, redis.url, 100)
+                try:
+                    server.start()
+                    report["throughput"][label] = throughput(server, args, redis.url)
+                except Exception as exc:
+                    report["throughput"][label] = {"error": f"{type(exc).__name__}: {exc}"}
+                finally:
+                    server.stop()
+        if not args.no_publish:
+            for name, label in zip(names, labels, strict=True):
+                if not (name.startswith("pushsvc") or name == "nchan"):
+                    continue
+                print(f"== {label}: POST /publish rate", flush=True)
+                server = make(name, redis.url, 0)
+                try:
+                    server.start()
+                    report["publish"][label] = publish_rate(server, args)
+                    print("   ", report["publish"][label], flush=True)
+                finally:
+                    server.stop()
+    finally:
+        redis.stop()
+    report["ratios"] = compute_ratios(report, me)
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    (out / f"{stamp}.json").write_text(json.dumps(report, indent=1))
+    text = markdown(report)
+    (out / f"{stamp}.md").write_text(text)
+    (out / "latest.md").write_text(text)
+    print()
+    print(text)
+    print(f"written: {out / (stamp + '.json')}, {out / (stamp + '.md')}")
+
+
+def redis_cmd_patch(redis: RedisServer) -> None:
+    """Raise the private Redis' client limit: per-client-pub/sub baselines need N connections."""
+    original = subprocess.Popen
+
+    def start() -> None:
+        redis.proc = original(
+            [redis.binary, "--port", str(redis.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", redis.dir, "--protected-mode", "no", "--maxclients", "19000"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        from tests.support.procs import wait_until
+        wait_until(redis._pings, 10, what="redis-server to answer")
+
+    redis.start = start  # type: ignore[method-assign]
+
+
+if __name__ == "__main__":
+    main()
