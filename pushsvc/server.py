@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import multiprocessing
 import os
@@ -71,6 +72,20 @@ def hypercorn_config(path: str | None) -> Config:
     return config
 
 
+# Garbage collection was a third of the CPU of a 10,000-stream fan-out (py-spy --native:
+# gc_collect_main 36% of samples): every event wakes 10,000 tasks, transient objects alive
+# at a collection are promoted, and full collections traverse every connection's objects.
+# A larger young-generation threshold lets transients die before they are examined, and
+# objects that live as long as the process (modules, the app) are frozen out of the scans.
+GC_THRESHOLDS = (200_000, 50, 1000)
+
+
+def tune_gc() -> None:
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def _new_loop_runner() -> Any:
     try:
         import uvloop
@@ -103,6 +118,7 @@ def run_worker(
     config.logger_class = RedactingLogger  # no ?token= (nor credentials headers) in the access log
     app = create_app(settings)
     hub = app.extensions["pushsvc"].hub
+    tune_gc()
     if config.graceful_timeout <= settings.drain_seconds:
         log.warning("graceful_timeout should exceed PUSHSVC_DRAIN_SECONDS")
 
