@@ -157,14 +157,13 @@ class Pushsvc(Server):
         super().__init__(redis_url, n)
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "pushsvc.cli", "serve", "--bind", f"127.0.0.1:{self.port}",
+        entry = [str(HERE / "quart_only.py")] if self.variant == "quart" else ["-m", "pushsvc.cli"]
+        return [sys.executable, *entry, "serve", "--bind", f"127.0.0.1:{self.port}",
                 "--workers", str(self.workers), "--config", str(HERE / "hypercorn-bench.toml")]
 
     def env(self) -> dict[str, str]:
         env = {**os.environ, "PUSHSVC_REDIS_URL": self.redis_url, "PUSHSVC_PUBLISH_TOKENS": TOKEN,
                "PUSHSVC_LOG_LEVEL": "WARNING", "PUSHSVC_MAX_STREAMS": "20000"}
-        if self.variant:
-            env["PUSHSVC_BENCH_VARIANT"] = self.variant
         return env
 
     def http_publish(self, data: str) -> tuple[str, bytes, str]:
@@ -315,13 +314,35 @@ async def _publish_spaced(server: Server, redis_url: str, via: str, first_seq: i
     client.close()
 
 
+def profiler(server: Server, args: argparse.Namespace, label: str) -> subprocess.Popen[bytes] | None:
+    """py-spy record (raw collapsed stacks) on the server's process tree, when --profile is given."""
+    if not args.profile or not isinstance(server, Pushsvc):
+        return None
+    out = Path(args.profile)
+    out.mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen([shutil.which("py-spy") or "py-spy", "record", "--pid", str(server.pid), "--subprocesses",
+                            "--rate", "250", "--format", "raw", *(["--native"] if args.profile_native else []),
+                            "--output", str(out / f"{label}.txt")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    return spy
+
+
+def stop_profiler(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
+
+
 def fanout(server: Server, n: int, args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
     clients = Clients(n)
     try:
         time.sleep(0.5)
         rss0, cpu0 = tree_rss_bytes(server.pid), tree_cpu_seconds(server.pid)
+        spy = profiler(server, args, f"{server.name}-{n}-connect")
         opened = clients.open(server, n, args.connect_timeout)
         time.sleep(1.0)
+        stop_profiler(spy)
         cpu1, rss1 = tree_cpu_seconds(server.pid), tree_rss_bytes(server.pid)
         connected = opened["connected"]
         result: dict[str, Any] = {
@@ -332,8 +353,10 @@ def fanout(server: Server, n: int, args: argparse.Namespace, redis_url: str) -> 
         }
         expected = connected * args.events
         started = time.monotonic()
+        spy = profiler(server, args, f"{server.name}-{n}-fanout")
         uvloop.run(_publish_spaced(server, redis_url, args.publish, 1, args.events, args.interval))
         got = clients.wait_quiet(expected, limit=60)
+        stop_profiler(spy)
         elapsed = time.monotonic() - started
         cpu2 = tree_cpu_seconds(server.pid)
         seqs, lat, dups, closed = clients.collect()
@@ -514,7 +537,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {fmt(r['last_subscriber_median_ms'], '.0f')} | {r['loss']:,} | {r['dups']} | {errors} |")
     if report["throughput"]:
         lines += ["", "### Throughput: 100 subscribers, publish rate doubled until p99 > 100 ms", "",
-                  "| server | best deliveries/s (p99 ≤ 100 ms, no loss) | at events/s | steps (rate: deliveries/s, p99 ms) |",
+                  "| server | best deliveries/s (p99 ≤ 100 ms, no loss) | at events/s "
+                  "| steps (rate: deliveries/s, p99 ms) |",
                   "|---|---|---|---|"]
         for name, t in report["throughput"].items():
             if "error" in t:
@@ -571,7 +595,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N = 1,000 only, short throughput steps")
     parser.add_argument("--servers", default="pushsvc,flask-sse,sse-starlette,nchan")
-    parser.add_argument("--variants", default="", help="extra pushsvc variants (PUSHSVC_BENCH_VARIANT), comma-separated")
+    parser.add_argument("--variants", default="",
+                        help="extra pushsvc variants: quart (/stream through the Quart route)")
     parser.add_argument("--sizes", default="1000,5000,10000")
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between fan-out events")
@@ -582,6 +607,8 @@ def main() -> None:
     parser.add_argument("--max-rate", type=int, default=12800)
     parser.add_argument("--step-seconds", type=float, default=3.0)
     parser.add_argument("--publish-seconds", type=float, default=4.0)
+    parser.add_argument("--profile", default="", help="directory: py-spy record pushsvc during each phase")
+    parser.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames, e.g. the GC)")
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--no-publish", action="store_true")
     args = parser.parse_args()

@@ -86,6 +86,18 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def asgi_app(app: Any) -> Any:
+    """What Hypercorn serves: the app, with plain ``GET /stream`` answered by the pure-ASGI
+    path (`pushsvc.fastpath`) inside the request-context wrapper (request ids, access log)."""
+    from .asgi import RequestContext
+    from .fastpath import StreamFastPath
+
+    wrapper = app.asgi_app
+    if isinstance(wrapper, RequestContext):
+        wrapper.app = StreamFastPath(wrapper.app, app)
+    return app
+
+
 def _new_loop_runner() -> Any:
     try:
         import uvloop
@@ -141,7 +153,7 @@ def run_worker(
                        "seconds": round(loop.time() - started, 3)},
             )
 
-        await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
+        await hypercorn_serve(asgi_app(app), config, shutdown_trigger=shutdown_trigger)
 
     _new_loop_runner()(main())
 

@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from . import sse
@@ -71,7 +71,7 @@ class StreamSession:
 
     # -- the body ------------------------------------------------------------------------
 
-    async def frames(self) -> AsyncIterator[bytes]:
+    async def frames(self) -> AsyncGenerator[bytes, None]:
         sub = self.subscriber
         yield b": pushsvc stream open\n" + sse.retry(self.retry_ms)
         self.hub.add(sub)

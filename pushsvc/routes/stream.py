@@ -1,4 +1,9 @@
-"""GET /stream: open an SSE stream on one or more channels."""
+"""GET /stream: open an SSE stream on one or more channels.
+
+`new_session` (resume position, capacity, the session) is shared with the pure-ASGI path
+in `pushsvc/fastpath.py`, which `pushsvc serve` puts in front of this route for public
+channels; anything else (private channels, CORS, errors) is answered here.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from ..auth import authority
 from ..errors import ApiError
 from ..events import DEFAULT_CHANNEL, EventError, check_channel
 from ..resume import parse_stream_id
-from ..runtime import runtime
+from ..runtime import Runtime, runtime
 from ..session import StreamSession, jittered
 
 bp = Blueprint("stream", __name__)
@@ -33,9 +38,29 @@ def requested_channels(values: list[str], limit: int) -> tuple[str, ...]:
         raise ApiError(exc.code, exc.detail) from None
 
 
-def _over_capacity(retry_ms: int) -> Response:
-    body = b": over capacity, retry later\n" + sse.retry(jittered(max(retry_ms, 1000) * 2))
-    return Response(body, 200, STREAM_HEADERS)
+def over_capacity_body(retry_ms: int) -> bytes:
+    return b": over capacity, retry later\n" + sse.retry(jittered(max(retry_ms, 1000) * 2))
+
+
+def new_session(
+    rt: Runtime, channels: tuple[str, ...], last_id: str | None, expires_at: float | None
+) -> StreamSession | bytes:
+    """A session for validated, authorized channels, or the whole over-capacity body."""
+    settings = rt.settings
+    resume = parse_stream_id(last_id, len(channels)) if last_id else None
+    if rt.hub.draining or rt.hub.stream_count >= settings.max_streams:
+        rt.metrics.streams_refused_capacity += 1
+        return over_capacity_body(settings.retry_ms)
+    session = StreamSession(
+        rt.hub, rt.metrics, channels, resume,
+        unreadable_id=bool(last_id) and resume is None,
+        retry_ms=settings.retry_ms,
+        queue_size=settings.queue_size,
+        queue_bytes=settings.queue_bytes,
+        expires_at=expires_at,
+    )
+    rt.metrics.streams_opened += 1
+    return session
 
 
 @bp.get("/stream")
@@ -48,19 +73,9 @@ async def stream() -> Response:
         channels, authority().subscriber_token(request.headers, request.cookies, request.args)
     )
     last_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
-    resume = parse_stream_id(last_id, len(channels)) if last_id else None
-    if rt.hub.draining or rt.hub.stream_count >= settings.max_streams:
-        rt.metrics.streams_refused_capacity += 1
-        return _over_capacity(settings.retry_ms)
-    session = StreamSession(
-        rt.hub, rt.metrics, channels, resume,
-        unreadable_id=bool(last_id) and resume is None,
-        retry_ms=settings.retry_ms,
-        queue_size=settings.queue_size,
-        queue_bytes=settings.queue_bytes,
-        expires_at=expires_at,
-    )
-    rt.metrics.streams_opened += 1
+    session = new_session(rt, channels, last_id, expires_at)
+    if isinstance(session, bytes):
+        return Response(session, 200, STREAM_HEADERS)
     # The access log (pushsvc.asgi) reads the session's events sent and end reason at the end.
     cast(dict[str, Any], request.scope)[STREAM_KEY] = session
     response = Response(session.frames(), 200, STREAM_HEADERS)
