@@ -117,6 +117,10 @@ class SSEStream(asyncio.Protocol):
             status = self.buf[9:12].decode("ascii", "replace")
             self.headers_done = True
             data, self.buf = self.buf[end + 4:], b""
+            if status == "200":
+                self.stats.headers += 1
+            else:
+                self.stats.bad_status[status] = self.stats.bad_status.get(status, 0) + 1
             if not self.ready.done():
                 self.ready.set_result(status)
         buf = self.buf + data if self.buf else data
@@ -129,6 +133,8 @@ class SSEStream(asyncio.Protocol):
         seen = self.seen
         for match in MARK.finditer(buf, 0, cut + 1):
             seq = int(match[1])
+            if seq == 0:  # priming event (servers that send headers with the first event)
+                continue
             if seq in seen:
                 stats.dups += 1
                 continue
@@ -149,7 +155,9 @@ def stream_request(host: str, port: int, path: str) -> bytes:
 
 
 async def open_streams(host: str, port: int, path: str, count: int, concurrency: int, timeout: float,
-                       stats: Stats, streams: list[SSEStream]) -> tuple[int, float]:
+                       stats: Stats, streams: list[SSEStream], wait_headers: bool = True) -> tuple[int, float]:
+    """Open `count` streams; wait for each one's headers unless `wait_headers` is false (then a
+    stream counts once its request is written: flask-sse sends headers with the first event)."""
     loop = asyncio.get_running_loop()
     request = stream_request(host, port, path)
     sem = asyncio.Semaphore(concurrency)
@@ -167,7 +175,8 @@ async def open_streams(host: str, port: int, path: str, count: int, concurrency:
             try:
                 async with asyncio.timeout(left):
                     await loop.create_connection(lambda: proto, host, port)
-                    status = await ready
+                    if wait_headers:
+                        await ready
             except (OSError, TimeoutError) as exc:
                 key = type(exc).__name__
                 stats.bad_status[key] = stats.bad_status.get(key, 0) + 1
@@ -175,13 +184,9 @@ async def open_streams(host: str, port: int, path: str, count: int, concurrency:
                     proto.transport.abort()
                 return
             streams.append(proto)
-            if status == "200":
-                stats.headers += 1
-            else:
-                stats.bad_status[status] = stats.bad_status.get(status, 0) + 1
 
     await asyncio.gather(*[one() for _ in range(count)])
-    return stats.headers, time.monotonic() - started
+    return (stats.headers if wait_headers else len(streams)), time.monotonic() - started
 
 
 def _client_main(conn: Any) -> None:
@@ -195,9 +200,12 @@ def _client_main(conn: Any) -> None:
             cmd = await loop.run_in_executor(None, conn.recv)
             op = cmd[0]
             if op == "open":
-                _, host, port, path, count, concurrency, timeout = cmd
-                ok, elapsed = await open_streams(host, port, path, count, concurrency, timeout, stats, streams)
+                _, host, port, path, count, concurrency, timeout, wait_headers = cmd
+                ok, elapsed = await open_streams(host, port, path, count, concurrency, timeout, stats, streams,
+                                                 wait_headers)
                 conn.send(("opened", ok, elapsed, dict(stats.bad_status)))
+            elif op == "headers":
+                conn.send((stats.headers, dict(stats.bad_status)))
             elif op == "count":
                 conn.send(len(stats.seqs))
             elif op == "collect":
