@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +73,7 @@ class Subscriber:
         self, channels: tuple[str, ...], max_items: int, max_bytes: int, expires_at: float | None = None
     ) -> None:
         self.channels = channels
-        self.items: deque[Any] = deque()
+        self.items: list[Any] = []  # a list, not a deque: a deque costs ~760 bytes per stream
         self.nbytes = 0
         self.max_items = max_items
         self.max_bytes = max_bytes
@@ -122,17 +121,20 @@ class Subscriber:
             self.waiter = asyncio.get_running_loop().create_future()
             await self.waiter
         if self.nbytes <= max_bytes:
-            items = list(self.items)
-            self.items.clear()
+            items = self.items
+            self.items = []
             self.nbytes = 0
             return items
-        items = []
+        queued = self.items
         taken = 0
-        while self.items and taken < max_bytes:
-            item = self.items.popleft()
+        count = 0
+        while count < len(queued) and taken < max_bytes:
+            item = queued[count]
+            count += 1
             if type(item) is Frame:
                 taken += len(item.single)
-            items.append(item)
+        items = queued[:count]
+        del queued[:count]
         self.nbytes -= taken
         return items
 
