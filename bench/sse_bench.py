@@ -463,6 +463,7 @@ def throughput(server: Server, args: argparse.Namespace, redis_url: str) -> dict
         opened = clients.open(server, subs, 30)
         time.sleep(1.0)
         rate, seq = args.start_rate, 1
+        retried = False
         while rate <= args.max_rate:
             cpu0 = tree_cpu_seconds(server.pid)
             achieved = uvloop.run(_publish_rate(server, redis_url, seq, rate, args.step_seconds))
@@ -481,7 +482,11 @@ def throughput(server: Server, args: argparse.Namespace, redis_url: str) -> dict
                   f"p99 {p99:8.1f} ms loss {step['loss']}", flush=True)
             seq += int(rate * args.step_seconds) + 10
             if p99 > 100 or step["loss"] > 0 or closed or achieved < 0.9 * rate:
-                break
+                if retried or closed:
+                    break
+                retried = True  # one stall on a shared machine should not end the run: repeat the step once
+                continue
+            retried = False
             rate *= 2
     finally:
         clients.close()
@@ -606,8 +611,11 @@ def compute_ratios(report: dict[str, Any], me: str) -> dict[str, Any]:
             row = [f"{n:,}", label]
             for p in peers:
                 other = by.get((p, n))
-                ok = other and other.get(key) and other["connected"] == n
-                row.append(f"{mine[key] / other[key]:.2f}" if ok else "-")
+                if not (other and other.get(key)):
+                    row.append("-")
+                    continue
+                partial = "" if other["connected"] == n else f" (peer: {other['connected']:,} of {n:,} connected)"
+                row.append(f"{mine[key] / other[key]:.2f}{partial}")
             rows.append(row)
     t = report["throughput"]
     if me in t and "error" not in t[me]:
