@@ -21,6 +21,8 @@ import asyncio
 from typing import Any
 from urllib.parse import parse_qsl
 
+import werkzeug.urls  # noqa: F401  (registers the 'werkzeug.url_quote' codec error handler)
+
 from .asgi import STREAM_KEY, Receive, Scope, Send
 from .auth import Authority
 from .errors import ApiError
@@ -33,15 +35,16 @@ _END = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
 def _query(scope: Scope) -> tuple[list[str], str | None]:
-    """(channel values, lastEventId) from the query string, decoded as werkzeug does."""
+    """(channel values, lastEventId) from the query string, parsed exactly as werkzeug's
+    ``request.args`` (invalid bytes stay percent-encoded); ValueError if it is not UTF-8."""
     channels: list[str] = []
     last_id: str | None = None
-    for raw_key, raw_value in parse_qsl(scope.get("query_string", b""), keep_blank_values=True):
-        key = raw_key.decode("utf-8", "replace")
+    query = scope.get("query_string", b"").decode()
+    for key, value in parse_qsl(query, keep_blank_values=True, errors="werkzeug.url_quote"):
         if key == "channel":
-            channels.append(raw_value.decode("utf-8", "replace"))
+            channels.append(value)
         elif key == "lastEventId" and last_id is None:
-            last_id = raw_value.decode("utf-8", "replace")
+            last_id = value
     return channels, last_id
 
 
@@ -76,10 +79,10 @@ class StreamFastPath:
 
     def _open(self, scope: Scope) -> StreamSession | bytes | None:
         """The session (or over-capacity body), or None to let the Quart route answer."""
-        channel_values, query_last_id = _query(scope)
         try:
+            channel_values, query_last_id = _query(scope)
             channels = requested_channels(channel_values, self.rt.settings.max_channels_per_stream)
-        except ApiError:
+        except (ApiError, ValueError):
             return None
         if self.authority.private_of(channels):
             return None
