@@ -614,6 +614,9 @@ def compute_ratios(report: dict[str, Any], me: str) -> dict[str, Any]:
                 if not (other and other.get(key)):
                     row.append("-")
                     continue
+                if other["connected"] < 0.9 * n:
+                    row.append(f"n/a (peer: {other['connected']:,} of {n:,} connected)")
+                    continue
                 partial = "" if other["connected"] == n else f" (peer: {other['connected']:,} of {n:,} connected)"
                 row.append(f"{mine[key] / other[key]:.2f}{partial}")
             rows.append(row)
