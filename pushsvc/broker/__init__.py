@@ -6,8 +6,8 @@ the production backend, `memory.MemoryBroker` the embedded single-process defaul
 
 from __future__ import annotations
 
+import base64
 import secrets
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -15,11 +15,9 @@ from typing import Protocol
 from ..events import Event
 from ..resume import Position
 
-_EPOCH_ALPHABET = string.ascii_lowercase + string.digits
-
-
 def new_epoch() -> str:
-    return "".join(secrets.choice(_EPOCH_ALPHABET) for _ in range(8))
+    """8 random characters of [a-z2-7] (40 bits): cheap enough to draw one per channel."""
+    return base64.b32encode(secrets.token_bytes(5)).decode("ascii").lower()
 
 
 class BrokerUnavailable(Exception):

@@ -142,12 +142,11 @@ class RedisBroker:
     # -- publishing and history ------------------------------------------------------
 
     async def publish(self, events: Sequence[Event]) -> list[list[str]]:
-        # The epoch is used only by a channel that has none yet; one draw serves the call
-        # (secrets.choice per event was a quarter of the CPU of a 100-event batch).
-        epoch = new_epoch()
+        # A fresh epoch per channel (used only if the channel has none yet): epochs must differ
+        # between channels, or a resume id replayed against another channel set could pass.
         calls = [
             publish_args(channel, event.message_prefix(), self.history_size,
-                         self.history_ttl_seconds, epoch)
+                         self.history_ttl_seconds, new_epoch())
             for event in events
             for channel in event.channels
         ]
