@@ -15,6 +15,7 @@ from typing import Protocol
 from ..events import Event
 from ..resume import Position
 
+
 def new_epoch() -> str:
     """8 random characters of [a-z2-7] (40 bits): cheap enough to draw one per channel."""
     return base64.b32encode(secrets.token_bytes(5)).decode("ascii").lower()
