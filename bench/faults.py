@@ -22,9 +22,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.helpers import TOKEN
-from tests.support.load import publish_bulk, rss_bytes, stalled_reader
+from tests.support.load import publish_bulk, read_like_a_browser, rss_bytes, stalled_reader
 from tests.support.procs import RedisServer, Service
 from tests.support.sse_client import SSEClient
+from tests.support.whatwg import Event
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -97,13 +98,11 @@ async def slow_consumer_run(redis_url: str, slow: int, megabytes: int) -> tuple[
     before = peak = rss_bytes(service.proc.pid)
     latencies: list[float] = []
 
-    async def read(client: SSEClient, count: int) -> None:
-        for _ in range(count):
-            event = await client.next_event(timeout=60)
-            latencies.append(time.time() - json.loads(event.data)["t"])
+    def record(event: Event) -> None:
+        latencies.append(time.time() - json.loads(event.data)["t"])
 
     count = megabytes * 1024 // 10
-    readers = [asyncio.create_task(read(c, count)) for c in healthy]
+    readers = [asyncio.create_task(read_like_a_browser(service.port, "fire", c, count, record)) for c in healthy]
 
     async def sample() -> None:
         nonlocal peak

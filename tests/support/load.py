@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from .helpers import TOKEN
+from .sse_client import SSEClient, StreamClosed
+from .whatwg import Event
 
 
 def rss_bytes(pid: int) -> int:
@@ -48,3 +52,22 @@ async def publish_bulk(base: str, channel: str, total_bytes: int, event_bytes: i
             response = await http.post(base + "/publish", json=body, headers={"Authorization": f"Bearer {token}"})
             response.raise_for_status()
     return count
+
+
+async def read_like_a_browser(port: int, channel: str, client: SSEClient, count: int,
+                              on_event: Callable[[Event], None] | None = None) -> list[int]:
+    """Read `count` events ("n" in their data); when the server cuts the stream (the reader
+    fell behind), reconnect with the last id, as EventSource does.  The values of "n"."""
+    values: list[int] = []
+    while len(values) < count:
+        try:
+            event = await client.next_event(timeout=60)
+        except StreamClosed:
+            await client.close()
+            client = await SSEClient.open(port, [channel], last_event_id=client.last_event_id)
+            continue
+        if on_event is not None:
+            on_event(event)
+        values.append(json.loads(event.data)["n"])
+    await client.close()
+    return values
