@@ -119,7 +119,13 @@ async def test_publishes_racing_reconnects_lose_nothing_and_duplicate_nothing(
     async def reconnecting_client(subset: list[str]) -> dict[str, list[int]]:
         received: dict[str, list[int]] = {ch: [] for ch in subset}
         expected = {ch: [n for n in range(total) if channels[n % 3] == ch] for ch in subset}
-        last_id = None
+        first = await SSEClient.open(service.port, subset)
+        await first.wait_open()  # synced: its opening id is a position before any publish
+        last_id = first.last_event_id
+        await first.close()
+        opened.append(subset)
+        if len(opened) == len(subsets):
+            all_opened.set()
         while received != expected:
             client = await SSEClient.open(service.port, subset, last_event_id=last_id)
             try:
@@ -137,14 +143,13 @@ async def test_publishes_racing_reconnects_lose_nothing_and_duplicate_nothing(
                     last_id = event.last_event_id
             finally:
                 await client.close()
-            if last_id is None and client.last_event_id:
-                last_id = client.last_event_id
         return received
 
     subsets = [["r1"], ["r2", "r3"], ["r1", "r2", "r3"], ["r3", "r1"]] * 2
-    # Every client opens (and gets its first position) before the first publish.
+    opened: list[list[str]] = []
+    all_opened = asyncio.Event()
     results = asyncio.gather(*[reconnecting_client(s) for s in subsets])
-    await asyncio.sleep(0.3)
+    await asyncio.wait_for(all_opened.wait(), 10)  # every client holds a position before the first publish
     await publisher()
     for subset, received in zip(subsets, await asyncio.wait_for(results, 60), strict=True):
         for ch in subset:
