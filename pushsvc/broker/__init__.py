@@ -18,8 +18,19 @@ from ..resume import Position
 _EPOCH_ALPHABET = string.ascii_lowercase + string.digits
 
 
+_EPOCH_LENGTH = 8
+_EPOCHS = len(_EPOCH_ALPHABET) ** _EPOCH_LENGTH
+
+
 def new_epoch() -> str:
-    return "".join(secrets.choice(_EPOCH_ALPHABET) for _ in range(8))
+    """8 characters of [a-z0-9], uniformly drawn: one `secrets` draw (not one per character:
+    eight os.urandom calls were 3.5% of a single-event publish)."""
+    number = secrets.randbelow(_EPOCHS)
+    chars = []
+    for _ in range(_EPOCH_LENGTH):
+        number, digit = divmod(number, len(_EPOCH_ALPHABET))
+        chars.append(_EPOCH_ALPHABET[digit])
+    return "".join(chars)
 
 
 class BrokerUnavailable(Exception):
