@@ -144,15 +144,15 @@ class FastPath:
     # -- POST /publish -------------------------------------------------------------------
 
     async def _publish(self, plain: tuple[str | None, str | None, int], receive: Receive, send: Send) -> None:
-        authorization, content_type, length = plain
+        authorization, content_type, _length = plain
         headers: dict[str, str] = {}
 
         async def read_body() -> bytes:
             if self.body_timeout is None:
-                return await self._read_body(receive, length)
+                return await self._read_body(receive)
             try:
                 async with asyncio.timeout(self.body_timeout):
-                    return await self._read_body(receive, length)
+                    return await self._read_body(receive)
             except TimeoutError:
                 raise RequestTimeout() from None
 
@@ -180,10 +180,10 @@ class FastPath:
         await send({"type": "http.response.start", "status": status, "headers": start})
         await send({"type": "http.response.body", "body": encoded, "more_body": False})
 
-    async def _read_body(self, receive: Receive, length: int) -> bytes:
+    async def _read_body(self, receive: Receive) -> bytes:
         """The request body: every ``http.request`` message until ``more_body`` is false
-        (Hypercorn has checked it against Content-Length); _Disconnected if the client
-        goes away first; 413 past the limit, as Quart."""
+        (h11 and h2 hold it to the Content-Length); _Disconnected if the client goes away
+        first; 413 past the limit, as Quart."""
         chunks: list[bytes] = []
         size = 0
         while True:
