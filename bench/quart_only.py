@@ -1,6 +1,6 @@
-"""`pushsvc serve` exactly as shipped, except that /stream goes through the Quart route
-instead of the pure-ASGI path (pushsvc/fastpath.py): the bench's `pushsvc-quart` variant,
-to measure what Quart costs per stream in the same run."""
+"""`pushsvc serve` exactly as shipped, except that /stream and /publish go through the Quart
+routes instead of the pure-ASGI path (pushsvc/fastpath.py): the bench's `pushsvc-quart`
+variant, to measure what Quart costs per stream and per publish in the same run."""
 
 import sys
 from pathlib import Path

@@ -6,6 +6,7 @@
     python bench/sse_bench.py           # the matrix: N = 1,000 / 5,000 / 10,000 + throughput + publish
     python bench/sse_bench.py --quick   # N = 1,000 only, shorter steps (a few minutes)
     python bench/sse_bench.py --servers pushsvc,nchan --sizes 10000 --workers 2
+    python bench/sse_bench.py --servers pushsvc --variants quart --only publish
 
 Everything runs on loopback: a private redis-server on a free port (never :6379), each
 server started by the bench on a free port, one at a time, stopped afterwards.  The load
@@ -650,9 +651,16 @@ def main() -> None:
     parser.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames, e.g. the GC)")
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--no-publish", action="store_true")
+    parser.add_argument("--only", choices=["fanout", "throughput", "publish"],
+                        help="run this phase only (e.g. --only publish: POST /publish rates)")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.step_seconds, args.publish_seconds, args.interval = "1000", 2.0, 2.0, 0.25
+    if args.only:
+        if args.only != "fanout":
+            args.sizes = ""
+        args.no_throughput = args.only != "throughput"
+        args.no_publish = args.only != "publish"
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
     names = [s for s in args.servers.split(",") if s]
     if any(n in ("flask-sse", "sse-starlette") for n in names) and not (BASELINE_VENV / "bin" / "gunicorn").exists():

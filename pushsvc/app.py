@@ -18,7 +18,7 @@ from .asgi import RequestContext
 from .auth import Authority
 from .broker import create_broker
 from .config import Settings
-from .errors import ApiError
+from .errors import ApiError, from_http_exception, internal_error
 from .exporter import Exporter
 from .hub import Hub
 from .logs import configure as configure_logging
@@ -112,19 +112,12 @@ def create_app(settings: Settings | None = None) -> Quart:
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
-        code = (error.name or "error").lower().replace(" ", "_")
-        response = jsonify({"error": code, "detail": error.description or error.name})
-        response.status_code = error.code or 500
-        if error.code == 405 and hasattr(error, "valid_methods") and error.valid_methods:
-            response.headers["Allow"] = ", ".join(error.valid_methods)
-        return response
+        return await api_error(from_http_exception(error))
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
         log.exception("unexpected error")
-        response = jsonify({"error": "internal_error", "detail": "an unexpected error occurred"})
-        response.status_code = 500
-        return response
+        return await api_error(internal_error())
 
     return app
 

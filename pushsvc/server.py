@@ -87,14 +87,15 @@ def tune_gc() -> None:
 
 
 def asgi_app(app: Any) -> Any:
-    """What Hypercorn serves: the app, with plain ``GET /stream`` answered by the pure-ASGI
-    path (`pushsvc.fastpath`) inside the request-context wrapper (request ids, access log)."""
+    """What Hypercorn serves: the app, with plain ``GET /stream`` and ``POST /publish``
+    answered by the pure-ASGI path (`pushsvc.fastpath`) inside the request-context wrapper
+    (request ids, access log)."""
     from .asgi import RequestContext
-    from .fastpath import StreamFastPath
+    from .fastpath import FastPath
 
     wrapper = app.asgi_app
     if isinstance(wrapper, RequestContext):
-        wrapper.app = StreamFastPath(wrapper.app, app)
+        wrapper.app = FastPath(wrapper.app, app)
     return app
 
 

@@ -1,17 +1,23 @@
-"""POST /publish: validate, authenticate and publish one event or a batch."""
+"""POST /publish: validate, authenticate and publish one event or a batch.
+
+`publish_request` is the whole answer, framework-free; the Quart route is a thin caller,
+and so is the pure-ASGI path in `pushsvc.fastpath` that `pushsvc serve` puts in front of
+Quart for plain requests."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from quart import Blueprint, request
+from werkzeug.http import parse_options_header
 
-from ..auth import authority
+from ..auth import Authority, authority
 from ..broker import BrokerUnavailable
 from ..errors import ApiError
 from ..events import EventError, event_from_json, loads
-from ..runtime import runtime
+from ..runtime import Runtime, runtime
 
 bp = Blueprint("publish", __name__)
 
@@ -44,16 +50,24 @@ def parse_body(raw: bytes, max_batch: int, max_event_bytes: int) -> tuple[list[A
     return events, batch
 
 
-@bp.post("/publish")
-async def publish() -> tuple[dict[str, Any], int]:
-    rt = runtime()
-    scope = authority().authenticate_publisher(request.headers.get("Authorization"))
-    if request.mimetype != "application/json":
+BodyReader = Callable[[], Awaitable[bytes]]
+
+
+async def publish_request(
+    rt: Runtime, auth: Authority, authorization: str | None, content_type: str | None,
+    read_body: BodyReader,
+) -> tuple[dict[str, Any], int]:
+    """The whole of ``POST /publish`` without a web framework: (JSON body, status), or
+    ApiError.  The Quart route below and the pure-ASGI path (`pushsvc.fastpath`) both
+    answer with this.  `read_body` is awaited only once the caller is authenticated and
+    the media type is right, as before: those answers never wait for the body."""
+    scope = auth.authenticate_publisher(authorization)
+    # What werkzeug's `request.mimetype` is: the type without parameters, lowercased.
+    if parse_options_header(content_type or "")[0].lower() != "application/json":
         raise ApiError(
             "unsupported_media_type", "send the body as Content-Type: application/json", 415
         )
-    raw = await request.get_data(cache=False, as_text=False)
-    assert isinstance(raw, bytes)
+    raw = await read_body()
     events, batch = parse_body(raw, rt.settings.max_batch, rt.settings.max_event_bytes)
     scope.check([event.channels for event in events], batch)  # 403 before anything is published
     started = time.perf_counter()
@@ -76,3 +90,17 @@ async def publish() -> tuple[dict[str, Any], int]:
     if not batch and len(published) == 1:
         result["id"] = published[0]["id"]
     return result, 202
+
+
+async def _request_body() -> bytes:
+    raw = await request.get_data(cache=False, as_text=False)
+    assert isinstance(raw, bytes)
+    return raw
+
+
+@bp.post("/publish")
+async def publish() -> tuple[dict[str, Any], int]:
+    return await publish_request(
+        runtime(), authority(), request.headers.get("Authorization"),
+        request.headers.get("Content-Type"), _request_body,
+    )
