@@ -41,7 +41,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool, Connection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from ..events import Event
 from ..resume import EMPTY, Position
@@ -54,6 +54,10 @@ _UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
 
 CONTROL_CHANNEL = "pushsvc:control"
 REPLY_TTL_SECONDS = 10
+
+
+_Call = tuple[list[str], list[Any]]  # one publish script call: keys, args
+_Pending = tuple[list[_Call], "asyncio.Future[list[Any]]"]  # one publish request and its answer
 
 
 class _PubSubDead(Exception):
@@ -93,6 +97,8 @@ class RedisBroker:
         )
         self.client = aioredis.Redis(connection_pool=self._pool)
         self._script = self.client.register_script(PUBLISH_LUA)
+        self._batch: list[_Pending] = []
+        self._flushes: set[asyncio.Task[None]] = set()
         self._pubsub_factory = ConnectionPool.from_url(
             url, protocol=2, client_name="pushsvc-pubsub", **{**common, "retry": Retry(NoBackoff(), 0)}
         )
@@ -120,6 +126,8 @@ class RedisBroker:
         self._task = asyncio.get_running_loop().create_task(self._supervise(), name="pushsvc-pubsub")
 
     async def stop(self) -> None:
+        for flush in list(self._flushes):
+            flush.cancel()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -142,6 +150,8 @@ class RedisBroker:
     # -- publishing and history ------------------------------------------------------
 
     async def publish(self, events: Sequence[Event]) -> list[list[str]]:
+        """Store and publish, in order.  Publishes that arrive in the same loop iteration
+        (concurrent requests) share one pipeline round trip; each gets its own replies."""
         # A fresh epoch per channel (used only if the channel has none yet): epochs must differ
         # between channels, or a resume id replayed against another channel set could pass.
         calls = [
@@ -150,19 +160,51 @@ class RedisBroker:
             for event in events
             for channel in event.channels
         ]
-        try:
-            async with asyncio.timeout(self.timeout):
-                if len(calls) == 1:
-                    replies = [await self._script(keys=calls[0][0], args=calls[0][1])]
-                else:
-                    async with self.client.pipeline(transaction=False) as pipe:
-                        for keys, args in calls:
-                            await self._script(keys=keys, args=args, client=pipe)
-                        replies = await pipe.execute()
-        except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis publish failed: {type(exc).__name__}: {exc}") from exc
+        done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._batch.append((calls, done))
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_batch)
+        replies = await done
         flat = iter(position_id(reply) for reply in replies)
         return [[next(flat) for _ in event.channels] for event in events]
+
+    def _flush_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.get_running_loop().create_task(self._send_batch(batch))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _send_batch(self, batch: list[_Pending]) -> None:
+        calls = [call for request_calls, _ in batch for call in request_calls]
+        try:
+            async with asyncio.timeout(self.timeout):
+                replies = await self._evalsha_all(calls)
+        except _UNAVAILABLE as exc:
+            failure = BrokerUnavailable(f"redis publish failed: {type(exc).__name__}: {exc}")
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(failure)
+            return
+        start = 0
+        for request_calls, done in batch:
+            end = start + len(request_calls)
+            if not done.done():
+                done.set_result(replies[start:end])
+            start = end
+
+    async def _evalsha_all(self, calls: list[_Call]) -> list[Any]:
+        """One pipeline of EVALSHA; loads the script once if Redis lost it (restart)."""
+        for attempt in range(2):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+                try:
+                    return list(await pipe.execute())
+                except NoScriptError:
+                    if attempt:
+                        raise
+                    await self.client.script_load(PUBLISH_LUA)
+        raise AssertionError("unreachable")
 
     async def position(self, channel: str) -> Position:
         try:
