@@ -25,6 +25,7 @@ CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-.:@/]{1,200}")
 EVENT_TYPE_RE = re.compile(r"[A-Za-z0-9_\-.:@/]{1,100}")
 EPOCH_RE = re.compile(r"[a-z0-9]{8}")
 DEFAULT_CHANNEL = "sse"
+RESERVED_PREFIX = "pushsvc:"  # pushsvc's own Redis channels (pushsvc:control)
 MAX_RETRY_MS = 24 * 3600 * 1000
 MAX_JSON_DEPTH = 64
 
@@ -47,6 +48,8 @@ def check_channel(name: object) -> str:
             "invalid_channel",
             f"invalid channel name {shown!r}: use 1 to 200 letters, digits or _ - . : @ /",
         )
+    if name.startswith(RESERVED_PREFIX):
+        raise EventError("invalid_channel", f"channel names starting with {RESERVED_PREFIX!r} are reserved")
     return name
 
 
