@@ -70,20 +70,21 @@ async def recovery_seconds(rounds: int) -> list[float]:
 async def shutdown_seconds(streams: int, redis_url: str) -> tuple[float, int, int]:
     service = Service({"PUSHSVC_REDIS_URL": redis_url, "PUSHSVC_PUBLISH_TOKENS": TOKEN}).start()
     clients: list[SSEClient] = []
-    for start in range(0, streams, 250):
-        clients += await asyncio.gather(
-            *[SSEClient.open(service.port, [f"s{i % 50}"], timeout=30) for i in range(start, min(streams, start + 250))]
-        )
-    await asyncio.gather(*[c.wait_open(30) for c in clients])
-    assert service.proc is not None
-    started = time.monotonic()
-    service.proc.send_signal(signal.SIGTERM)
-    await asyncio.gather(*[c.until_end(30) for c in clients])
-    code = await asyncio.to_thread(service.proc.wait, 30)
-    elapsed = time.monotonic() - started
-    completed = sum(c.completed for c in clients)
-    await asyncio.gather(*[c.close() for c in clients])
-    service.stop()
+    try:
+        for start in range(0, streams, 250):
+            batch = range(start, min(streams, start + 250))
+            clients += await asyncio.gather(*[SSEClient.open(service.port, [f"s{i % 50}"], timeout=30) for i in batch])
+        await asyncio.gather(*[c.wait_open(30) for c in clients])
+        assert service.proc is not None
+        started = time.monotonic()
+        service.proc.send_signal(signal.SIGTERM)
+        await asyncio.gather(*[c.until_end(30) for c in clients])
+        code = await asyncio.to_thread(service.proc.wait, 30)
+        elapsed = time.monotonic() - started
+        completed = sum(c.completed for c in clients)
+    finally:
+        await asyncio.gather(*[c.close() for c in clients])
+        service.stop()
     return elapsed, completed, code
 
 
@@ -91,33 +92,35 @@ async def slow_consumer_run(redis_url: str, slow: int, megabytes: int) -> tuple[
     """(healthy p50 ms, healthy p99 ms, RSS growth MiB) publishing `megabytes` of 10 KB events."""
     service = Service({"PUSHSVC_REDIS_URL": redis_url, "PUSHSVC_PUBLISH_TOKENS": TOKEN,
                        "PUSHSVC_TCP_USER_TIMEOUT_MS": "2000"}).start()
-    assert service.proc is not None
-    healthy = [await SSEClient.open(service.port, ["fire"]) for _ in range(5)]
-    await asyncio.gather(*[c.wait_open() for c in healthy])
-    stalled = [await asyncio.to_thread(stalled_reader, service.port, "fire") for _ in range(slow)]
-    before = peak = rss_bytes(service.proc.pid)
-    latencies: list[float] = []
+    try:
+        assert service.proc is not None
+        healthy = [await SSEClient.open(service.port, ["fire"]) for _ in range(5)]
+        await asyncio.gather(*[c.wait_open() for c in healthy])
+        stalled = [await asyncio.to_thread(stalled_reader, service.port, "fire") for _ in range(slow)]
+        before = peak = rss_bytes(service.proc.pid)
+        latencies: list[float] = []
 
-    def record(event: Event) -> None:
-        latencies.append(time.time() - json.loads(event.data)["t"])
+        def record(event: Event) -> None:
+            latencies.append(time.time() - json.loads(event.data)["t"])
 
-    count = megabytes * 1024 // 10
-    readers = [asyncio.create_task(read_like_a_browser(service.port, "fire", c, count, record)) for c in healthy]
+        count = megabytes * 1024 // 10
+        readers = [asyncio.create_task(read_like_a_browser(service.port, "fire", c, count, record)) for c in healthy]
 
-    async def sample() -> None:
-        nonlocal peak
-        while True:
-            peak = max(peak, rss_bytes(service.proc.pid))  # type: ignore[union-attr]
-            await asyncio.sleep(0.05)
+        async def sample() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, rss_bytes(service.proc.pid))  # type: ignore[union-attr]
+                await asyncio.sleep(0.05)
 
-    sampler = asyncio.create_task(sample())
-    await publish_bulk(service.base, "fire", megabytes * 1024 * 1024, 10 * 1024)
-    await asyncio.gather(*readers)
-    sampler.cancel()
-    for sock in stalled:
-        sock.close()
-    await asyncio.gather(*[c.close() for c in healthy])
-    service.stop()
+        sampler = asyncio.create_task(sample())
+        await publish_bulk(service.base, "fire", megabytes * 1024 * 1024, 10 * 1024)
+        await asyncio.gather(*readers)
+        sampler.cancel()
+        for sock in stalled:
+            sock.close()
+        await asyncio.gather(*[c.close() for c in healthy])
+    finally:
+        service.stop()
     return percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000, (peak - before) / 2**20
 
 
