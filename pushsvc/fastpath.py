@@ -80,9 +80,10 @@ class _Disconnected(Exception):
     """The client went away before its whole body arrived."""
 
 
-def _publish_headers(scope: Scope, max_body: int) -> tuple[str | None, str | None, int] | None:
-    """(Authorization, Content-Type, Content-Length) of a plain publish request (the first
-    of each, as werkzeug's ``headers.get``), or None to let Quart answer it."""
+def _publish_headers(scope: Scope, max_body: int) -> tuple[str | None, str | None] | None:
+    """(Authorization, Content-Type) of a plain publish request -- the first of each, as
+    werkzeug's ``headers.get``; with a Content-Length within `max_body` -- or None to let
+    Quart answer it."""
     authorization: str | None = None
     content_type: str | None = None
     length = -1
@@ -103,7 +104,7 @@ def _publish_headers(scope: Scope, max_body: int) -> tuple[str | None, str | Non
             return None
     if length < 0 or length > max_body:
         return None
-    return authorization, content_type, length
+    return authorization, content_type
 
 
 class FastPath:
@@ -143,8 +144,8 @@ class FastPath:
 
     # -- POST /publish -------------------------------------------------------------------
 
-    async def _publish(self, plain: tuple[str | None, str | None, int], receive: Receive, send: Send) -> None:
-        authorization, content_type, _length = plain
+    async def _publish(self, plain: tuple[str | None, str | None], receive: Receive, send: Send) -> None:
+        authorization, content_type = plain
         headers: dict[str, str] = {}
 
         async def read_body() -> bytes:
@@ -158,21 +159,18 @@ class FastPath:
 
         try:
             body, status = await publish_request(self.rt, self.authority, authorization, content_type, read_body)
-            data = self.dumps(body, separators=(",", ":"))
         except _Disconnected:
             return
         except ApiError as error:
             body, status, headers = error.body(), error.status, error.headers
-            data = self.dumps(body, separators=(",", ":"))
         except HTTPException as error:
             api_error = from_http_exception(error)
             body, status, headers = api_error.body(), api_error.status, api_error.headers
-            data = self.dumps(body, separators=(",", ":"))
         except Exception:
             log.exception("unexpected error")
             api_error = internal_error()
             body, status, headers = api_error.body(), api_error.status, api_error.headers
-            data = self.dumps(body, separators=(",", ":"))
+        data = self.dumps(body, separators=(",", ":"))
         encoded = f"{data}\n".encode()
         start = [_JSON_HEADER, (b"content-length", str(len(encoded)).encode())]
         for key, value in headers.items():

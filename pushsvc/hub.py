@@ -261,10 +261,10 @@ class Hub:
             if state.watching and state.first_live is None:
                 state.first_live = state.position
         self.metrics.events_received += 1
-        cut = None
+        cut: list[Subscriber] = []
         for sub in state.subscribers:
             if not sub.push(frame):
-                cut = [sub] if cut is None else [*cut, sub]
+                cut.append(sub)
         if cut:
             for sub in cut:
                 self._detach(sub)
