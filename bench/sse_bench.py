@@ -146,12 +146,16 @@ class Server:
         return json.dumps({"data": data}).encode()
 
 
+VARIANT_MODULES = {"bare": "bare_asgi", "naive": "naive_quart"}
+
+
 class Pushsvc(Server):
     name = "pushsvc"
 
     def __init__(self, redis_url: str, n: int, workers: int = 1, variant: str = "") -> None:
         self.workers = workers
         self.variant = variant
+        self.redis_based = variant != "bare"
         if workers > 1:
             self.name = f"pushsvc-w{workers}"
         if variant:
@@ -159,12 +163,16 @@ class Pushsvc(Server):
         super().__init__(redis_url, n)
 
     def command(self) -> list[str]:
+        if self.variant in ("bare", "naive"):  # bench/bare_asgi.py, bench/naive_quart.py
+            return [sys.executable, "-m", "hypercorn", "--config", str(HERE / "hypercorn-bench.toml"),
+                    "--bind", f"127.0.0.1:{self.port}", f"bench.{VARIANT_MODULES[self.variant]}:app"]
         entry = [str(HERE / "quart_only.py")] if self.variant == "quart" else ["-m", "pushsvc.cli"]
         return [sys.executable, *entry, "serve", "--bind", f"127.0.0.1:{self.port}",
                 "--workers", str(self.workers), "--config", str(HERE / "hypercorn-bench.toml")]
 
     def env(self) -> dict[str, str]:
-        env = {**os.environ, "PUSHSVC_REDIS_URL": self.redis_url, "PUSHSVC_PUBLISH_TOKENS": TOKEN,
+        env = {**os.environ, "PUSHSVC_REDIS_URL": self.redis_url, "BENCH_REDIS_URL": self.redis_url,
+               "PUSHSVC_PUBLISH_TOKENS": TOKEN,
                "PUSHSVC_LOG_LEVEL": "WARNING", "PUSHSVC_MAX_STREAMS": "20000"}
         return env
 
@@ -636,7 +644,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N = 1,000 only, short throughput steps")
     parser.add_argument("--servers", default="pushsvc,flask-sse,sse-starlette,nchan")
     parser.add_argument("--variants", default="",
-                        help="extra pushsvc variants: quart (/stream through the Quart route)")
+                        help="extra pushsvc variants: quart (/stream through the Quart route), "
+                             "bare (a bare ASGI callable under the same Hypercorn: its floor), "
+                             "naive (the issue's naive Quart app: the reference for its targets)")
     parser.add_argument("--sizes", default="1000,5000,10000")
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between fan-out events")

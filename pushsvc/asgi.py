@@ -38,6 +38,9 @@ access_log = logging.getLogger("pushsvc.access")
 
 REQUEST_ID_KEY = "pushsvc.request_id"
 STREAM_KEY = "pushsvc.stream"  # set by GET /stream to its StreamSession
+#: The server's own `send`, for what follows ``http.response.start`` (only the start
+#: message needs the request-id wrapper; a stream's body chunks skip a coroutine each).
+RAW_SEND_KEY = "pushsvc.raw_send"
 #: Probes and scrapes hit these every few seconds: their access lines are DEBUG.
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
@@ -97,6 +100,7 @@ class RequestContext:
         incoming = _header(scope, b"x-request-id")
         request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         scope[REQUEST_ID_KEY] = request_id
+        scope[RAW_SEND_KEY] = send
         token = request_id_var.set(request_id)
         started = time.monotonic()
         status = 0

@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl
 import werkzeug.urls  # noqa: F401  (registers the 'werkzeug.url_quote' codec error handler)
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
-from .asgi import STREAM_KEY, Receive, Scope, Send
+from .asgi import RAW_SEND_KEY, STREAM_KEY, Receive, Scope, Send
 from .auth import Authority
 from .errors import ApiError, from_http_exception, internal_error
 from .routes.publish import publish_request
@@ -235,11 +235,17 @@ class FastPath:
 
         watcher = asyncio.get_running_loop().create_task(_until_disconnect(receive))
         watcher.add_done_callback(on_disconnect)
-        body = opened.frames()
+        # Body chunks go straight to the server: only the start message needs the wrapper.
+        send_body = scope.get(RAW_SEND_KEY, send)
+        opened.start()
         try:
-            async for chunk in body:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send(_END)
+            chunk, done = await opened.first_chunk()
+            await send_body({"type": "http.response.body", "body": chunk, "more_body": True})
+            while not done:
+                next_chunk, done = await opened.next_chunk()
+                if next_chunk is not None:
+                    await send_body({"type": "http.response.body", "body": next_chunk, "more_body": True})
+            await send_body(_END)
         except asyncio.CancelledError:
             if not disconnected:
                 raise
@@ -247,4 +253,4 @@ class FastPath:
         finally:
             watcher.remove_done_callback(on_disconnect)
             watcher.cancel()
-            await body.aclose()
+            opened.stop()

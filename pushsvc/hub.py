@@ -47,6 +47,9 @@ CLOSE = Control("close")  # server draining: send a jittered retry and end
 OVERFLOW = Control("overflow")  # slow consumer: end now
 EXPIRED = Control("expired")  # subscriber token expired
 
+#: The most bytes of frames a stream takes from its queue for one write.
+TAKE_MAX_BYTES = 256 * 1024
+
 
 @dataclass(slots=True)
 class Sync:
@@ -111,15 +114,26 @@ class Subscriber:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def take(self, max_bytes: int = 256 * 1024) -> list[Any]:
-        """What is queued, up to about `max_bytes` of frames, waiting for at least one item.
+    def arm(self) -> asyncio.Future[None]:
+        """A future that the next queued item (or `wake`) completes: what a stream awaits
+        while its queue is empty."""
+        waiter = self.waiter = asyncio.get_running_loop().create_future()
+        return waiter
+
+    wake = _wake
+
+    async def take(self, max_bytes: int = TAKE_MAX_BYTES) -> list[Any]:
+        """What is queued, up to about `max_bytes` of frames, waiting for at least one item."""
+        while not self.items:
+            await self.arm()
+        return self.take_now(max_bytes)
+
+    def take_now(self, max_bytes: int = TAKE_MAX_BYTES) -> list[Any]:
+        """What is queued, up to about `max_bytes` of frames (at least one item if any).
 
         The cap bounds the chunk a stream hands to the transport at once, so a peer that
         stops reading pins at most one chunk in the process besides its queue.
         """
-        while not self.items:
-            self.waiter = asyncio.get_running_loop().create_future()
-            await self.waiter
         if self.nbytes <= max_bytes:
             items = self.items
             self.items = []

@@ -10,6 +10,7 @@ position (a gap after a Redis reconnect, or a new epoch) triggers the same catch
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -20,7 +21,7 @@ from typing import Any
 from . import sse
 from .broker import BrokerUnavailable
 from .events import EventError, Frame, parse_message
-from .hub import CLOSE, EXPIRED, OVERFLOW, PING, Hub, Subscriber, Sync
+from .hub import CLOSE, EXPIRED, OVERFLOW, PING, TAKE_MAX_BYTES, Hub, Subscriber, Sync
 from .metrics import Metrics
 from .resume import Position
 
@@ -28,6 +29,9 @@ log = logging.getLogger("pushsvc.stream")
 
 RESET_EVENT = "pushsvc.reset"
 TOKEN_EXPIRED_EVENT = "pushsvc.token_expired"
+
+#: How long a new stream holds its opening chunk back for its position (see `first_chunk`).
+OPEN_WAIT_SECONDS = 0.1
 
 
 def jittered(ms: int) -> int:
@@ -66,33 +70,103 @@ class StreamSession:
         self.pending_resets: list[tuple[str, str]] = []
         self.dirty = False
         self.delivered = 0
+        self.counted = 0  # of `delivered`, how many are in the metrics already
         self.end_reason = "client"
         self.subscriber = Subscriber(channels, queue_size, queue_bytes, expires_at)
 
     # -- the body ------------------------------------------------------------------------
 
+    def start(self) -> None:
+        """Subscribe: from here on the hub queues this stream's items."""
+        self.hub.add(self.subscriber)
+
+    def stop(self) -> None:
+        """Unsubscribe (synchronous, so it belongs in a ``finally``)."""
+        self.hub.remove(self.subscriber)
+
     async def frames(self) -> AsyncGenerator[bytes, None]:
-        sub = self.subscriber
-        yield b": pushsvc stream open\n" + sse.retry(self.retry_ms)
-        self.hub.add(sub)
-        counted = 0
+        """The whole body, for a framework that iterates a generator (the Quart route)."""
+        self.start()
         try:
-            while True:
-                items = await sub.take()
-                out: list[bytes | memoryview] = []
-                final = await self._handle(items, out)
-                self._flush(out)
-                if final is not None:
-                    out.append(final)
-                if out:
-                    sub.last_write = time.monotonic()
-                    self.metrics.events_delivered += self.delivered - counted
-                    counted = self.delivered
-                    yield b"".join(out)
-                if final is not None:
-                    return
+            chunk, done = await self.first_chunk()
+            yield chunk
+            while not done:
+                next_chunk, done = await self.next_chunk()
+                if next_chunk is not None:
+                    yield next_chunk
         finally:
-            self.hub.remove(sub)
+            self.stop()
+
+    async def first_chunk(self) -> tuple[bytes, bool]:
+        """The opening chunk (a comment and ``retry:``) with whatever is ready within
+        OPEN_WAIT_SECONDS -- normally the stream's position, as soon as its channels are
+        synced -- so that a stream opens with one write instead of two.  Call after
+        `start`; returns (chunk, whether the stream ends with it)."""
+        sub = self.subscriber
+        opening = b": pushsvc stream open\n" + sse.retry(self.retry_ms)
+        if not sub.items:
+            timer = asyncio.get_running_loop().call_later(OPEN_WAIT_SECONDS, sub.wake)
+            try:
+                await sub.arm()
+            finally:
+                timer.cancel()
+        if not sub.items:
+            return opening, False
+        chunk, done = await self._next_from_queue()
+        return (opening + chunk if chunk is not None else opening), done
+
+    async def next_chunk(self) -> tuple[bytes | None, bool]:
+        """The next chunk of the body once something is queued (None when what was queued
+        produced no bytes), and whether the stream ends with it."""
+        sub = self.subscriber
+        while not sub.items:
+            await sub.arm()
+        chunk = self._live_chunk()
+        if chunk is not None:
+            return chunk, False
+        return await self._next_from_queue()
+
+    def _live_chunk(self) -> bytes | None:
+        """The hot path, synchronous: when a synced one-channel stream has only the next
+        live frames queued (no resets, no controls, no gap), their bytes as they are;
+        None to let `_next_from_queue` handle the queue item by item."""
+        sub = self.subscriber
+        items = sub.items
+        if self.multi or not self.synced[0] or self.pending_resets or self.dirty or sub.nbytes > TAKE_MAX_BYTES:
+            return None
+        epoch = self.epochs[0]
+        seq = self.seqs[0]
+        for item in items:
+            if type(item) is not Frame:
+                return None
+            if item.epoch is None:  # foreign message: live only, no id (its `single` is its body)
+                continue
+            if item.epoch != epoch or item.seq != seq + 1:
+                return None
+            seq = item.seq
+        count = len(items)
+        chunk = items[0].single if count == 1 else b"".join([frame.single for frame in items])
+        sub.items = []
+        sub.nbytes = 0
+        sub.last_write = time.monotonic()
+        self.seqs[0] = seq
+        self.delivered += count
+        self.counted += count
+        self.metrics.events_delivered += count
+        return chunk
+
+    async def _next_from_queue(self) -> tuple[bytes | None, bool]:
+        items = self.subscriber.take_now()
+        out: list[bytes | memoryview] = []
+        final = await self._handle(items, out)
+        self._flush(out)
+        if final is not None:
+            out.append(final)
+        if out:
+            self.subscriber.last_write = time.monotonic()
+            self.metrics.events_delivered += self.delivered - self.counted
+            self.counted = self.delivered
+        return (b"".join(out) if out else None), final is not None
 
     async def _handle(self, items: list[Any], out: list[bytes | memoryview]) -> bytes | None:
         """Turn queued items into bytes; returns the final chunk when the stream must end."""

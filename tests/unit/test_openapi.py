@@ -59,7 +59,7 @@ def _callee(node: ast.Call, namespace: dict[str, Any]) -> Any:
 
 
 def _int_literal(node: ast.AST | None) -> int | None:
-    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+    if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
         return node.value
     return None
 

@@ -1,0 +1,100 @@
+"""The floor under Hypercorn: the least an SSE stream can cost, served by a bare ASGI
+callable under the same Hypercorn, the same config and the same uvloop as pushsvc.
+
+The bench's `bare` variant (`sse_bench.py --variants bare`).  No Quart, no Redis, no
+history, no ids, no heartbeats, no limits: `GET /stream` sends its headers and one comment,
+then waits on a future and writes whatever `POST /publish` fanned out to it, one
+``http.response.body`` per wake-up.  The publish is a local fan-out of one pre-encoded
+frame (a list append and a future per stream, as pushsvc's hub does).  It does not even
+watch ``receive()`` for disconnects (a stream whose client left is only dropped when a
+write to it fails), so it is cheaper than any correct server: whatever it costs per stream
+and per delivery is Hypercorn's (and asyncio's) share, which no app running under Hypercorn
+can go below.  The same garbage-collector settings as `pushsvc serve`.
+
+    hypercorn --config bench/hypercorn-bench.toml --bind 127.0.0.1:8000 bench.bare_asgi:app
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+from typing import Any
+
+gc.collect()
+gc.freeze()
+gc.set_threshold(200_000, 50, 1000)  # as pushsvc.server.GC_THRESHOLDS
+
+_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+class _Stream:
+    __slots__ = ("frames", "waiter")
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.waiter: asyncio.Future[None] | None = None
+
+
+STREAMS: set[_Stream] = set()
+
+
+def _fan_out(frame: bytes) -> None:
+    for stream in STREAMS:
+        stream.frames.append(frame)
+        waiter = stream.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+async def _stream(send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+    await send({"type": "http.response.body", "body": b": ok\n\n", "more_body": True})
+    stream = _Stream()
+    STREAMS.add(stream)
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            if not stream.frames:
+                stream.waiter = loop.create_future()
+                await stream.waiter
+            chunk = b"".join(stream.frames) if len(stream.frames) > 1 else stream.frames[0]
+            stream.frames.clear()
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    finally:
+        STREAMS.discard(stream)
+
+
+async def _publish(receive: Any, send: Any) -> None:
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            break
+    event = json.loads(body)
+    _fan_out(b"data: " + json.dumps(event["data"]).encode() + b"\n\n")
+    answer = b'{"published":1}'
+    await send({"type": "http.response.start", "status": 202,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]})
+    await send({"type": "http.response.body", "body": answer, "more_body": False})
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["path"] == "/stream" and scope["method"] == "GET":
+        await _stream(send)
+    elif scope["path"] == "/publish" and scope["method"] == "POST":
+        await _publish(receive, send)
+    else:
+        await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
