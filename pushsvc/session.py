@@ -33,13 +33,23 @@ TOKEN_EXPIRED_EVENT = "pushsvc.token_expired"
 #: How long a new stream holds its opening chunk back for its position (see `first_chunk`).
 OPEN_WAIT_SECONDS = 0.1
 
+_ONE_CHANNEL: dict[str, int] = {}  # shared, never written: a one-channel stream's index is always 0
+
 
 def jittered(ms: int) -> int:
     return int(ms * random.uniform(0.8, 1.2))
 
 
 class StreamSession:
-    """State of one stream; `frames()` is the response body."""
+    """State of one stream; `frames()` is the response body (or `first_chunk` and
+    `next_chunk`, between `start` and `stop`)."""
+
+    # One per open stream: no per-instance dict, and no per-channel maps on the (usual)
+    # one-channel stream.
+    __slots__ = (
+        "channels", "counted", "delivered", "dirty", "end_reason", "epochs", "fresh", "held", "hub", "index",
+        "metrics", "multi", "parts", "pending_resets", "retry_ms", "seqs", "subscriber", "synced", "unreadable",
+    )
 
     def __init__(
         self,
@@ -56,13 +66,15 @@ class StreamSession:
         self.hub = hub
         self.metrics = metrics
         self.channels = channels  # sorted, unique
-        self.index = {name: i for i, name in enumerate(channels)}
         self.multi = len(channels) > 1
+        self.index = {name: i for i, name in enumerate(channels)} if self.multi else _ONE_CHANNEL
         self.retry_ms = retry_ms
         count = len(channels)
         self.epochs: list[str | None] = [p.epoch for p in resume] if resume else [None] * count
         self.seqs: list[int] = [p.seq for p in resume] if resume else [0] * count
-        self.parts = [Position(e, s).format() for e, s in zip(self.epochs, self.seqs, strict=True)]
+        self.parts = (  # the id's parts: multi-channel streams only
+            [Position(e, s).format() for e, s in zip(self.epochs, self.seqs, strict=True)] if self.multi else []
+        )
         self.synced = [False] * count
         self.fresh = resume is None and not unreadable_id
         self.unreadable = unreadable_id
@@ -273,7 +285,7 @@ class StreamSession:
             self._deliver(i, frame, out)
 
     async def _on_sync(self, item: Sync, out: list[bytes | memoryview]) -> None:
-        i = self.index[item.channel]
+        i = self.index[item.channel] if self.multi else 0
         first = not self.synced[i]
         self.synced[i] = True
         target = item.position
