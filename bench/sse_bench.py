@@ -535,7 +535,8 @@ async def _publish_load(server: Server, batch: int, duration: float, conns: int)
 
 def publish_rate(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    batches = [1, 100] if isinstance(server, Pushsvc) else [1]
+    # The naive app takes one event per request; the bare one publishes nothing to Redis.
+    batches = [1, 100] if isinstance(server, Pushsvc) and not server.variant else [1]
     for batch in batches:
         spy = profiler(server, args, f"{server.name}-publish-{batch}")
         cpu0 = tree_cpu_seconds(server.pid)
@@ -596,6 +597,7 @@ def markdown(report: dict[str, Any]) -> str:
             b = p.get("batch100", {})
             lines.append(f"| {name} | {p['single']['requests_per_s']:,.0f} | {p['single']['cpu_per_request_us']:,.0f} "
                          f"| {fmt(b.get('events_per_s'))} | {fmt(b.get('cpu_per_request_us'))} |")
+    lines += targets(report)
     ratios = report.get("ratios")
     if ratios:
         lines += ["", "### Ratios (pushsvc figure / peer figure; lower is better except deliveries/s and publish)", "",
@@ -604,6 +606,34 @@ def markdown(report: dict[str, Any]) -> str:
         for row in ratios["rows"]:
             lines.append(f"| {row[0]} | {row[1]} | " + " | ".join(row[2:]) + " |")
     return "\n".join(lines) + "\n"
+
+
+# Issue 6's targets, and the naive Quart app's figures the issue measured them against.
+TARGETS = {"cpu_per_open_us": ("CPU/stream opened µs", 400, 1000), "rss_per_stream_kb": ("RSS/stream KB", 16, 33),
+           "cpu_per_delivery_us": ("CPU/delivery µs", 25, 85), "p99_ms": ("fan-out p99 ms", 400, 2100)}
+
+
+def targets(report: dict[str, Any]) -> list[str]:
+    """The issue's targets at the largest N, against pushsvc, the bare-ASGI floor and the
+    naive app of the same run; also as ratios to the naive app, which do not move with the
+    machine's speed."""
+    n = max(report["args"]["sizes"], default=0)
+    by = {r["server"]: r for r in report["fanout"] if r["n"] == n and "error" not in r}
+    me = "pushsvc" if "pushsvc" in by else next((s for s in by if s.startswith("pushsvc-w")), None)
+    bare, naive = by.get("pushsvc-bare"), by.get("pushsvc-naive")
+    if me is None or not (bare or naive):
+        return []
+    lines = ["", f"### Issue 6's targets at {n:,} streams (one worker), in this run", "",
+             "| figure | target | pushsvc | bare ASGI under Hypercorn (floor) | naive Quart app "
+             "| target / issue's naive | pushsvc / naive | floor / naive |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key, (label, goal, issue_naive) in TARGETS.items():
+        mine = by[me][key]
+        floor = bare[key] if bare else math.nan
+        ref = naive[key] if naive else math.nan
+        lines.append(f"| {label} | ≤ {goal:,} | {fmt(mine, ',.1f')} | {fmt(floor, ',.1f')} | {fmt(ref, ',.1f')} "
+                     f"| {goal / issue_naive:.2f} | {fmt(mine / ref, '.2f')} | {fmt(floor / ref, '.2f')} |")
+    return lines
 
 
 def compute_ratios(report: dict[str, Any], me: str) -> dict[str, Any]:
@@ -725,7 +755,7 @@ def main() -> None:
                     server.stop()
         if not args.no_publish:
             for name, label in zip(names, labels, strict=True):
-                if not (name.startswith("pushsvc") or name == "nchan"):
+                if not (name.startswith("pushsvc") or name == "nchan") or name == "pushsvc-bare":
                     continue
                 print(f"== {label}: POST /publish rate", flush=True)
                 server = make(name, redis.url, 0)
