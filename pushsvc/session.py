@@ -1,5 +1,10 @@
-"""One open stream: its positions, resume and catch-up, and the single generator that
-writes every byte of it (events, replays, resets, heartbeats, the final ``retry:``).
+"""One open stream: its positions, resume and catch-up, and every byte of its body
+(events, replays, resets, heartbeats, the final ``retry:``), chunk by chunk: `first_chunk`
+and `next_chunk`, or the `frames()` generator over them for Quart.
+
+The hot path: a synced one-channel stream whose queue holds only the next live frames
+sends their shared bytes as they are (`_live_chunk`, no coroutine per item); anything else
+-- a sync, a gap, a reset, a control item -- goes through `_handle` item by item.
 
 Order that loses nothing: the subscriber is registered with the hub first; once the hub
 reports the channel's subscription confirmed (`Sync`), the stream reads history after its
