@@ -122,12 +122,6 @@ class Subscriber:
 
     wake = _wake
 
-    async def take(self, max_bytes: int = TAKE_MAX_BYTES) -> list[Any]:
-        """What is queued, up to about `max_bytes` of frames, waiting for at least one item."""
-        while not self.items:
-            await self.arm()
-        return self.take_now(max_bytes)
-
     def take_now(self, max_bytes: int = TAKE_MAX_BYTES) -> list[Any]:
         """What is queued, up to about `max_bytes` of frames (at least one item if any).
 
