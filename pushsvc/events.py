@@ -181,10 +181,14 @@ class Frame:
     seq: int
     body: bytes | memoryview
     single: bytes
+    eid: str | None = None  # the event's identity, shared by its copies on several channels
 
 
-def parse_message(channel: str, payload: bytes) -> Frame:
-    """Parse a pub/sub message or history entry into a Frame; EventError if it is not valid."""
+def parse_message(channel: str, payload: bytes, trusted: bool = True) -> Frame:
+    """Parse a pub/sub message or history entry into a Frame; EventError if it is not valid.
+
+    Only `trusted` payloads (written by pushsvc's own publish script) may carry a position;
+    an untrusted one is a foreign event without an id, whatever members it carries."""
     try:
         obj = loads(payload)
     except (ValueError, RecursionError):
@@ -198,7 +202,7 @@ def parse_message(channel: str, payload: bytes) -> Frame:
         body = sse.encode_event(data if isinstance(data, str) else dumps(data), type_, retry)
     except (UnicodeEncodeError, ValueError):
         raise EventError("invalid_message", "message data cannot be encoded") from None
-    position = obj.get("pushsvc")
+    position = obj.get("pushsvc") if trusted else None
     if position is None:
         return Frame(channel, None, 0, body, body)
     if (

@@ -254,12 +254,12 @@ class Hub:
 
     # -- broker listener ---------------------------------------------------------------
 
-    def on_message(self, channel: str, payload: bytes) -> None:
+    def on_message(self, channel: str, payload: bytes, trusted: bool = True) -> None:
         state = self._channels.get(channel)
         if state is None:
             return
         try:
-            frame = parse_message(channel, payload)
+            frame = parse_message(channel, payload, trusted)
         except EventError as exc:
             self.metrics.invalid_messages += 1
             log.warning("dropped an invalid message", extra={"channel": channel, "reason": exc.detail})

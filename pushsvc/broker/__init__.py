@@ -36,7 +36,9 @@ class History:
 
 
 class Listener(Protocol):
-    def on_message(self, channel: str, payload: bytes) -> None: ...
+    def on_message(self, channel: str, payload: bytes, trusted: bool = True) -> None:
+        """A message of `channel`; `trusted` when pushsvc's publish script wrote it (only
+        then may it carry a position)."""
 
     def on_subscribed(self, channel: str) -> None:
         """The subscription is active (after the first subscribe or after a reconnect)."""
