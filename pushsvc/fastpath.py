@@ -38,7 +38,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTim
 from .asgi import RAW_SEND_KEY, STREAM_KEY, Receive, Scope, Send
 from .auth import Authority
 from .errors import ApiError, from_http_exception, internal_error
-from .routes.publish import publish_request
+from .core.publishing import publish_request
 from .routes.stream import STREAM_HEADERS, new_session, requested_channels
 from .runtime import Runtime
 from .session import StreamSession
