@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from werkzeug.http import parse_options_header
-
-from ..auth import Authority
 from ..broker import BrokerUnavailable
-from ..errors import ApiError
 from ..events import EventError, event_from_json, loads
-from ..runtime import Runtime
+from .errors import ApiError
+
+if TYPE_CHECKING:  # both reach Quart's current_app for the routes' accessors
+    from ..auth import Authority
+    from ..runtime import Runtime
 
 
 def parse_body(raw: bytes, max_batch: int, max_event_bytes: int) -> tuple[list[Any], bool]:
@@ -47,6 +47,11 @@ def parse_body(raw: bytes, max_batch: int, max_event_bytes: int) -> tuple[list[A
 BodyReader = Callable[[], Awaitable[bytes]]
 
 
+def media_type(content_type: str | None) -> str:
+    """What werkzeug's `request.mimetype` is: the type without parameters, lowercased."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
 async def publish_request(
     rt: Runtime, auth: Authority, authorization: str | None, content_type: str | None,
     read_body: BodyReader,
@@ -56,8 +61,7 @@ async def publish_request(
     answer with this.  `read_body` is awaited only once the caller is authenticated and
     the media type is right, as before: those answers never wait for the body."""
     scope = auth.authenticate_publisher(authorization)
-    # What werkzeug's `request.mimetype` is: the type without parameters, lowercased.
-    if parse_options_header(content_type or "")[0].lower() != "application/json":
+    if media_type(content_type) != "application/json":
         raise ApiError(
             "unsupported_media_type", "send the body as Content-Type: application/json", 415
         )
