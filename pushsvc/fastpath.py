@@ -51,6 +51,14 @@ _END = {"type": "http.response.body", "body": b"", "more_body": False}
 log = logging.getLogger("pushsvc.app")  # where app.py logs unexpected errors
 
 
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 async def _until_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -123,6 +131,10 @@ class FastPath:
                 if plain is not None:
                     await self._publish(plain, receive, send)
                     return
+        if scope["type"] == "http" and not _utf8(scope.get("query_string", b"")):
+            # Quart's URL matching decodes the query string unguarded: it would crash (500).
+            await self._answer(send, *render_error(ApiError("invalid_query", "the query string is not UTF-8")))
+            return
         await self.inner(scope, receive, send)
 
     # -- POST /publish -------------------------------------------------------------------
@@ -198,10 +210,12 @@ class FastPath:
         return new_session(self.rt, channels, last_id, None)
 
     async def _serve(self, scope: Scope, opened: StreamSession | bytes, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": list(_HEADERS)})
-        if isinstance(opened, bytes):
+        if isinstance(opened, bytes):  # over capacity: the whole body, with its length (as Quart)
+            length = (b"content-length", str(len(opened)).encode())
+            await send({"type": "http.response.start", "status": 200, "headers": [*_HEADERS, length]})
             await send({"type": "http.response.body", "body": opened, "more_body": False})
             return
+        await send({"type": "http.response.start", "status": 200, "headers": list(_HEADERS)})
         scope[STREAM_KEY] = opened  # the access log reads events sent and the end reason
         task = asyncio.current_task()
         assert task is not None
