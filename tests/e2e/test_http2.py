@@ -174,7 +174,8 @@ STALLED = 50
 H2_RSS_BOUND = 96 * 1024 * 1024  # as tests/e2e/test_slow_consumers.py: the per-stream bound, not the traffic
 
 
-async def test_a_stalled_http2_stream_is_cut_reset_and_freed(service_factory, redis_url, http):
+@pytest.mark.parametrize("mode", ["serve", "hypercorn"])  # create_app applies the correction: plain hypercorn too
+async def test_a_stalled_http2_stream_is_cut_reset_and_freed(service_factory, redis_url, http, mode):
     """50 streams on one h2c connection whose window is 0 while ~20 MB are published: each
     is cut when its bounded queue overflows (as a stalled HTTP/1.1 stream), the client gets
     RST_STREAM for every one, and the process stays within the per-stream memory bound.
@@ -183,7 +184,7 @@ async def test_a_stalled_http2_stream_is_cut_reset_and_freed(service_factory, re
     backpressure on a zero window, so sends never wait, nothing overflows, memory grows by
     the traffic times the streams, and a closed stream is never reset."""
     service = service_factory({"PUSHSVC_REDIS_URL": redis_url, "PUSHSVC_TCP_USER_TIMEOUT_MS": "0",
-                               "PUSHSVC_WRITE_TIMEOUT_SECONDS": "0"})  # only the queue bound may cut
+                               "PUSHSVC_WRITE_TIMEOUT_SECONDS": "0"}, mode=mode)  # only the queue bound may cut
     assert service.proc is not None
     client = await StalledH2Client.connect(service.port)
     try:

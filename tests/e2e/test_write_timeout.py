@@ -62,6 +62,7 @@ async def test_a_write_pending_past_the_deadline_ends_the_stream_and_frees_it(
             await h2_client.wait_for(lambda: stream_id in h2_client.reset, 5)
         ended = [json.loads(line) for line in service.log().splitlines() if '"stream ended"' in line]
         assert [line["reason"] for line in ended] == ["write_timeout"]
+        assert "Traceback" not in service.log()
     finally:
         if h2_client is not None:
             await h2_client.close()
