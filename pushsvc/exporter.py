@@ -54,6 +54,7 @@ COUNTER_HELP = {
     "invalid_messages": "Broker messages dropped because they could not be parsed.",
     "slow_consumer_disconnects": "Streams ended because their queue overflowed.",
     "catch_up_failures": "Streams ended because history could not be read.",
+    "write_timeouts": "Streams ended because a write stayed pending for PUSHSVC_WRITE_TIMEOUT_SECONDS.",
     "publish_failures": "POST /publish answered 503 because the broker was unavailable.",
     "redis_reconnects": "Times the Redis pub/sub connection was lost and re-established.",
 }

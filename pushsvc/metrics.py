@@ -39,6 +39,7 @@ class Metrics:
     invalid_messages: int = 0
     slow_consumer_disconnects: int = 0
     catch_up_failures: int = 0
+    write_timeouts: int = 0
     publish_failures: int = 0
     publish_latency: Histogram = field(default_factory=Histogram)
 

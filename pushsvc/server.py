@@ -88,17 +88,13 @@ def tune_gc() -> None:
 
 
 def asgi_app(app: Any) -> Any:
-    """What Hypercorn serves: the app, with plain ``GET /stream`` and ``POST /publish``
-    answered by the pure-ASGI path (`pushsvc.fastpath`) inside the request-context wrapper
-    (request ids, access log)."""
+    """What Hypercorn serves: the app's ASGI chain (`create_app` mounted the request-context
+    wrapper and the fast door), without the `Quart.__call__` frame above it -- one coroutine
+    less under every request; plain `hypercorn` serves the app itself, the same chain."""
     from .asgi import RequestContext
-    from .fastpath import FastPath
 
     wrapper = app.asgi_app
-    if isinstance(wrapper, RequestContext):
-        wrapper.app = FastPath(wrapper.app, app)
-        return wrapper  # what `Quart.__call__` would call: one coroutine less under every request
-    return app
+    return wrapper if isinstance(wrapper, RequestContext) else app
 
 
 def _new_loop_runner() -> Any:
