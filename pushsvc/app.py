@@ -13,7 +13,7 @@ from typing import Any, cast
 from quart import Quart, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from . import cors
+from . import appauth, cors
 from .asgi import RequestContext
 from .auth import Authority
 from .broker import create_broker
@@ -23,7 +23,7 @@ from .exporter import Exporter
 from .hub import Hub
 from .logs import configure as configure_logging
 from .metrics import Metrics
-from .routes import channels, docs, ops, pages, publish, stream
+from .routes import channels, docs, history, ops, pages, publish, stream
 from .runtime import Runtime
 
 log = logging.getLogger("pushsvc.app")
@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     rt = app.extensions["pushsvc"] = Runtime(settings, broker, hub, metrics)
     app.extensions["pushsvc.auth"] = Authority(settings)
     cors.install(app, settings.cors_origins)
+    appauth.install(app, settings, metrics, stream.over_capacity_body, stream.STREAM_HEADERS)
     exporter = app.extensions["pushsvc.exporter"] = Exporter(rt)
     guard = SingleProcessGuard()
     # Pure ASGI (never buffers a body): real client address, request ids, access log.
@@ -82,7 +83,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         cast(Any, app.asgi_app), settings.trusted_proxies
     )
 
-    for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp, channels.bp, docs.bp):
+    for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp, channels.bp, docs.bp, history.bp):
         app.register_blueprint(blueprint)
 
     @app.before_serving

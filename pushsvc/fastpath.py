@@ -212,8 +212,8 @@ class FastPath:
             channels = requested_channels(channel_values, self.rt.settings.max_channels_per_stream)
         except (ApiError, ValueError):
             return None
-        if self.authority.private_of(channels):
-            return None
+        if self.authority.private_of(channels) or b"rewind=" in scope.get("query_string", b""):
+            return None  # tokens, the app's callback and rewind are the Quart route's
         last_id = _header(scope, b"last-event-id") or query_last_id
         return new_session(self.rt, channels, last_id, None)
 

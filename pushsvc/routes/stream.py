@@ -12,10 +12,11 @@ from typing import Any, cast
 from quart import Blueprint, Response, request
 
 from .. import sse
+from ..appauth import authorize_subscriber
 from ..asgi import STREAM_KEY
-from ..auth import authority
 from ..errors import ApiError
 from ..events import DEFAULT_CHANNEL, EventError, check_channel
+from ..history import MAX_REWIND, parse_count, rewind_id
 from ..resume import parse_stream_id
 from ..runtime import Runtime, runtime
 from ..session import StreamSession, jittered
@@ -68,11 +69,11 @@ async def stream() -> Response:
     rt = runtime()
     settings = rt.settings
     channels = requested_channels(request.args.getlist("channel"), settings.max_channels_per_stream)
-    # 401/403 before anything is subscribed: no stream opens for a refused request.
-    expires_at = authority().authorize_stream(
-        channels, authority().subscriber_token(request.headers, request.cookies, request.args)
-    )
     last_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
+    # 401/403 before anything is subscribed: no stream opens for a refused request.
+    expires_at = await authorize_subscriber(channels, last_id)  # a JWT, or the app (pushsvc.appauth)
+    if not last_id and (rewind := parse_count("rewind", request.args.get("rewind"), 0, MAX_REWIND)):
+        last_id = await rewind_id(rt.broker, channels, rewind)  # the usual catch-up replays from there
     session = new_session(rt, channels, last_id, expires_at)
     if isinstance(session, bytes):
         return Response(session, 200, STREAM_HEADERS)
