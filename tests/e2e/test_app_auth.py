@@ -14,7 +14,7 @@ import pytest
 
 from tests.support import jwts
 from tests.support.authapp import AuthApp
-from tests.support.helpers import TOKEN, metric, publish
+from tests.support.helpers import metric, publish
 from tests.support.procs import free_port
 from tests.support.sse_client import SSEClient
 
