@@ -31,7 +31,8 @@ def page_html(channel: str, with_token: bool) -> str:
     return f"""<!doctype html><meta charset="utf-8"><title>pushsvc.js test</title>
 <script type="module">
   import {{ PushStream }} from "/pushsvc.js";
-  const add = (key, value) => localStorage.setItem(key, JSON.stringify([...JSON.parse(localStorage.getItem(key) || "[]"), value]));
+  const add = (key, value) =>
+    localStorage.setItem(key, JSON.stringify([...JSON.parse(localStorage.getItem(key) || "[]"), value]));
   const stream = new PushStream("/stream", {{
     channels: [{channel!r}], {get_token} rewind: 1000, minDelay: 200, maxDelay: 1000 }});
   stream.on("n", (data, event) => add("seen", data.v));
