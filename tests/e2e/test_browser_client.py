@@ -150,6 +150,7 @@ def test_an_expiring_token_is_refreshed_through_get_token_without_loss(browser_p
     assert recorder.values == list(range(1, total + 1))
     assert recorder.tokens >= 3  # refreshed through getToken(), not given up
     assert "token_expired" in service.log()
+    assert "status=401" not in service.log()  # refreshed on the expiry event, not after a refusal
 
 
 def test_behind_nginx_a_stopped_and_restarted_service_is_reconnected_by_the_client(
