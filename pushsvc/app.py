@@ -13,11 +13,12 @@ from typing import Any, cast
 from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
 
-from . import cors
+from . import appauth, cors
 from .asgi import RequestContext
 from .auth import Authority
 from .broker import create_broker
 from .config import Settings
+from .core import streams
 from .core.errors import JSON_TYPE, render_error
 from .errors import ApiError, from_http_exception, internal_error
 from .exporter import Exporter
@@ -26,7 +27,7 @@ from .h2fix import correct_hypercorn_h2
 from .hub import Hub
 from .logs import configure as configure_logging
 from .metrics import Metrics
-from .routes import channels, docs, ops, pages, publish, stream
+from .routes import channels, docs, history, ops, pages, publish, stream
 from .runtime import Runtime
 
 log = logging.getLogger("pushsvc.app")
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     rt = app.extensions["pushsvc"] = Runtime(settings, broker, hub, metrics)
     app.extensions["pushsvc.auth"] = Authority(settings)
     cors.install(app, settings.cors_origins)
+    appauth.install(app, settings, metrics, streams.over_capacity_body, streams.STREAM_HEADERS)
     exporter = app.extensions["pushsvc.exporter"] = Exporter(rt)
     guard = SingleProcessGuard()
     # The ASGI chain, whatever serves the app: RequestContext (pure ASGI, never buffers a
@@ -89,7 +91,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     )
     correct_hypercorn_h2()  # a stalled HTTP/2 peer must not grow the process (pushsvc/h2fix.py)
 
-    for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp, channels.bp, docs.bp):
+    for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp, channels.bp, docs.bp, history.bp):
         app.register_blueprint(blueprint)
 
     @app.before_serving

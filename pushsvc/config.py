@@ -180,6 +180,19 @@ class Settings:
         "pushsvc_token", _str, "Cookie read for a subscriber JWT (after `Authorization: Bearer`, "
         "before `?token=`)."
     )
+    # -- the app authorises subscribers (issue 15) --
+    auth_url: str | None = _setting(
+        None, _opt_str, "URL of the app's authorisation callback: a stream asking for private channels "
+        "without a JWT is authorised by a `POST` there (see Private channels)."
+    )
+    auth_timeout_seconds: float = _setting(
+        2.0, _float_range(0.05, 60), "Bound on one call to `PUSHSVC_AUTH_URL`; no answer in time is a "
+        "refusal for now (the stream gets a jittered `retry:` and ends)."
+    )
+    auth_cache_seconds: float = _setting(
+        0.0, _float_range(0, 86400), "How long an app's \"allowed\" is reused per (credentials, "
+        "channel) (0: every stream asks the app)."
+    )
     cors_origins: tuple[str, ...] = _setting(
         (), _list, "Comma-separated exact origins (`https://app.example.com`) allowed to read "
         "streams and publish from a browser, with credentials; `*` alone: any origin, without "
@@ -263,11 +276,14 @@ class Settings:
             from .tokens import load_public_key
 
             load_public_key(self.jwt_public_key)  # ConfigError naming the variable
-        if self.private_channels and self.jwt_secret is None and self.jwt_public_key is None:
+        if (self.private_channels and self.jwt_secret is None and self.jwt_public_key is None
+                and self.auth_url is None):
             raise ConfigError(
-                f"{env_name('private_channels')} is set but no key verifies tokens: set "
-                f"{env_name('jwt_secret')} or {env_name('jwt_public_key')}"
+                f"{env_name('private_channels')} is set but nothing authorises subscribers: set "
+                f"{env_name('jwt_secret')}, {env_name('jwt_public_key')} or {env_name('auth_url')}"
             )
+        if self.auth_url is not None and not self.auth_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{env_name('auth_url')} must be an http:// or https:// URL")
         if not _COOKIE_NAME_RE.fullmatch(self.jwt_cookie):
             raise ConfigError(f"{env_name('jwt_cookie')}={self.jwt_cookie!r} is not a cookie name")
         if "*" in self.cors_origins and len(self.cors_origins) > 1:

@@ -205,8 +205,8 @@ class FastPath:
         channels), or ApiError."""
         channel_values, last_id = stream_request(scope.get("query_string", b""), scope["headers"])
         channels = requested_channels(channel_values, self.rt.settings.max_channels_per_stream)
-        if self.authority.private_of(channels):
-            return None
+        if self.authority.private_of(channels) or b"rewind=" in scope.get("query_string", b""):
+            return None  # tokens, the app's callback and rewind are the Quart route's
         return new_session(self.rt, channels, last_id, None)
 
     async def _serve(self, scope: Scope, opened: StreamSession | bytes, receive: Receive, send: Send) -> None:

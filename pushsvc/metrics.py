@@ -41,6 +41,11 @@ class Metrics:
     catch_up_failures: int = 0
     write_timeouts: int = 0
     publish_failures: int = 0
+    # -- the app's authorisation callback (pushsvc.appauth) --
+    auth_calls: int = 0
+    auth_denials: int = 0
+    auth_errors: int = 0
+    auth_cache_hits: int = 0
     publish_latency: Histogram = field(default_factory=Histogram)
 
     def snapshot(self) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """GET /stream, the Quart door: streams the fast door (`pushsvc.fastpath`) hands over --
-private channels (their tokens need the request's cookies and headers), and every request
-when CORS is configured.  Opening and pumping the stream are `pushsvc.core.streams`, the
-same code the fast door runs.
+private channels (their tokens, or the app's callback, need the request's cookies and
+headers), `rewind`, and every request when CORS is configured.  Opening and pumping the
+stream are `pushsvc.core.streams`, the same code the fast door runs.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from typing import Any, cast
 
 from quart import Blueprint, Response, request
 
+from ..appauth import authorize_subscriber
 from ..asgi import STREAM_KEY
-from ..auth import authority
 from ..core.streams import STREAM_HEADERS, new_session, pump, requested_channels, stream_request
+from ..history import MAX_REWIND, parse_count, rewind_id
 from ..runtime import runtime
 
 bp = Blueprint("stream", __name__)
@@ -25,9 +26,9 @@ async def stream() -> Response:
     channel_values, last_id = stream_request(scope["query_string"], scope["headers"])
     channels = requested_channels(channel_values, rt.settings.max_channels_per_stream)
     # 401/403 before anything is subscribed: no stream opens for a refused request.
-    expires_at = authority().authorize_stream(
-        channels, authority().subscriber_token(request.headers, request.cookies, request.args)
-    )
+    expires_at = await authorize_subscriber(channels, last_id)  # a JWT, or the app (pushsvc.appauth)
+    if not last_id and (rewind := parse_count("rewind", request.args.get("rewind"), 0, MAX_REWIND)):
+        last_id = await rewind_id(rt.broker, channels, rewind)  # the usual catch-up replays from there
     session = new_session(rt, channels, last_id, expires_at)
     if isinstance(session, bytes):
         return Response(session, 200, STREAM_HEADERS)
