@@ -80,12 +80,13 @@ class _Disconnected(Exception):
     """The client went away before its whole body arrived."""
 
 
-def _publish_headers(scope: Scope, max_body: int) -> tuple[str | None, str | None] | None:
-    """(Authorization, Content-Type) of a plain publish request -- the first of each, as
+def _publish_headers(scope: Scope, max_body: int) -> tuple[str | None, str | None, str | None] | None:
+    """(Authorization, Content-Type, Idempotency-Key) of a plain publish request -- the first of each, as
     werkzeug's ``headers.get``; with a Content-Length within `max_body` -- or None to let
     Quart answer it."""
     authorization: str | None = None
     content_type: str | None = None
+    idempotency_key: str | None = None
     length = -1
     for key, value in scope["headers"]:
         key = key.lower()
@@ -95,6 +96,9 @@ def _publish_headers(scope: Scope, max_body: int) -> tuple[str | None, str | Non
         elif key == b"content-type":
             if content_type is None:
                 content_type = value.decode("latin-1")
+        elif key == b"idempotency-key":
+            if idempotency_key is None:
+                idempotency_key = value.decode("latin-1")
         elif key == b"content-length":
             if length < 0:
                 if not value.isdigit():
@@ -104,7 +108,7 @@ def _publish_headers(scope: Scope, max_body: int) -> tuple[str | None, str | Non
             return None
     if length < 0 or length > max_body:
         return None
-    return authorization, content_type
+    return authorization, content_type, idempotency_key
 
 
 class FastPath:
@@ -144,8 +148,10 @@ class FastPath:
 
     # -- POST /publish -------------------------------------------------------------------
 
-    async def _publish(self, plain: tuple[str | None, str | None], receive: Receive, send: Send) -> None:
-        authorization, content_type = plain
+    async def _publish(
+        self, plain: tuple[str | None, str | None, str | None], receive: Receive, send: Send
+    ) -> None:
+        authorization, content_type, idempotency_key = plain
         headers: dict[str, str] = {}
 
         async def read_body() -> bytes:
@@ -158,7 +164,9 @@ class FastPath:
                 raise RequestTimeout() from None
 
         try:
-            body, status = await publish_request(self.rt, self.authority, authorization, content_type, read_body)
+            body, status, headers = await publish_request(
+                self.rt, self.authority, authorization, content_type, read_body, idempotency_key
+            )
         except _Disconnected:
             return
         except ApiError as error:

@@ -2,10 +2,21 @@
 
 `publish_request` is the whole answer, framework-free; the Quart route is a thin caller,
 and so is the pure-ASGI path in `pushsvc.fastpath` that `pushsvc serve` puts in front of
-Quart for plain requests."""
+Quart for plain requests.
+
+Idempotency: an ``Idempotency-Key`` header covers the whole request, an ``idempotency_key``
+field one event (not both: 400).  A key's scope is the publishing credential (a hash of a
+static token; a JWT's ``sub``, else a hash of the JWT; ``a`` when anonymous).  A repeat
+within ``PUSHSVC_IDEMPOTENCY_SECONDS`` answers 202 with the original ids and
+``Idempotent-Replayed: true``; the key used for another request is 422
+``idempotency_key_reused``.  503 ``broker_unavailable`` means nothing was stored; 503
+``outcome_unknown`` that the answer was lost after the request reached Redis (retry with
+the same key: safe)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,16 +24,17 @@ from typing import Any
 from quart import Blueprint, request
 from werkzeug.http import parse_options_header
 
-from ..auth import Authority, authority
-from ..broker import BrokerUnavailable
+from ..auth import Authority, authority, bearer_token
+from ..broker import BrokerUnavailable, Idempotency, IdempotencyConflict, OutcomeUnknown
+from ..broker.scripts import MAX_COPIES_PER_REQUEST, copies
 from ..errors import ApiError
-from ..events import EventError, event_from_json, loads
+from ..events import Event, EventError, Limits, check_idempotency_key, event_from_json, loads
 from ..runtime import Runtime, runtime
 
 bp = Blueprint("publish", __name__)
 
 
-def parse_body(raw: bytes, max_batch: int, max_event_bytes: int) -> tuple[list[Any], bool]:
+def parse_body(raw: bytes, max_batch: int, limits: Limits | int) -> tuple[list[Event], bool]:
     """(events, is_batch) from a publish body, or ApiError."""
     if not raw.strip():
         raise ApiError("invalid_json", "the body is empty; send a JSON event object or array")
@@ -42,12 +54,74 @@ def parse_body(raw: bytes, max_batch: int, max_event_bytes: int) -> tuple[list[A
     events = []
     for position, item in enumerate(items):
         try:
-            events.append(event_from_json(item, max_event_bytes))
+            events.append(event_from_json(item, limits))
         except EventError as exc:
             where = f"event {position}: " if batch else ""
             status = 413 if exc.code == "event_too_large" else 400
             raise ApiError(exc.code, where + exc.detail, status) from None
+    total = copies(events)
+    if total > MAX_COPIES_PER_REQUEST:
+        raise ApiError(
+            "batch_too_large",
+            f"the request has {total} event copies (events x channels); at most "
+            f"{MAX_COPIES_PER_REQUEST} per request, so that it is stored within the Redis timeout",
+            413,
+        )
     return events, batch
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def publisher_identity(auth: Authority, authorization: str | None) -> str:
+    """The scope of an authenticated publisher's idempotency keys."""
+    token = bearer_token(authorization)
+    if token is None:
+        return "a"
+    supplied = token.encode("utf-8", "surrogateescape")
+    static = False
+    for candidate in auth.static_tokens:  # every candidate, in constant time (as auth does)
+        static |= hmac.compare_digest(supplied, candidate)
+    if static:
+        return "t:" + _digest(token)
+    if auth.verifier is not None:
+        try:
+            subject = auth.verifier.verify(token).subject
+        except Exception:  # anonymous publishing with a token that is not one
+            return "a"
+        if subject:
+            return "s:" + _digest(subject)
+        return "j:" + _digest(token)
+    return "a"
+
+
+def idempotency_of(
+    header: str | None, events: list[Event], auth: Authority, authorization: str | None,
+    window_seconds: int,
+) -> Idempotency | None:
+    """The request's idempotency (header or per-event fields), or ApiError 400."""
+    per_event = [e.idempotency_key for e in events if e.idempotency_key is not None]
+    if header is None and not per_event:
+        return None
+    if header is not None and per_event:
+        raise ApiError(
+            "invalid_idempotency_key",
+            "use the Idempotency-Key header (the whole request) or idempotency_key fields "
+            "(one event each), not both",
+        )
+    if len(set(per_event)) != len(per_event):
+        raise ApiError("invalid_idempotency_key", "an idempotency_key appears twice in the batch")
+    key = None
+    if header is not None:
+        value = header.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':  # the draft's sf-string form
+            value = value[1:-1]
+        try:
+            key = check_idempotency_key(value)
+        except EventError as exc:
+            raise ApiError(exc.code, "Idempotency-Key: " + exc.detail) from None
+    return Idempotency(publisher_identity(auth, authorization), key, window_seconds)
 
 
 BodyReader = Callable[[], Awaitable[bytes]]
@@ -55,12 +129,13 @@ BodyReader = Callable[[], Awaitable[bytes]]
 
 async def publish_request(
     rt: Runtime, auth: Authority, authorization: str | None, content_type: str | None,
-    read_body: BodyReader,
-) -> tuple[dict[str, Any], int]:
-    """The whole of ``POST /publish`` without a web framework: (JSON body, status), or
-    ApiError.  The Quart route below and the pure-ASGI path (`pushsvc.fastpath`) both
-    answer with this.  `read_body` is awaited only once the caller is authenticated and
-    the media type is right, as before: those answers never wait for the body."""
+    read_body: BodyReader, idempotency_key: str | None = None,
+) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """The whole of ``POST /publish`` without a web framework: (JSON body, status, extra
+    headers), or ApiError.  The Quart route below and the pure-ASGI path
+    (`pushsvc.fastpath`) both answer with this.  `read_body` is awaited only once the
+    caller is authenticated and the media type is right, as before: those answers never
+    wait for the body.  `idempotency_key` is the ``Idempotency-Key`` header."""
     scope = auth.authenticate_publisher(authorization)
     # What werkzeug's `request.mimetype` is: the type without parameters, lowercased.
     if parse_options_header(content_type or "")[0].lower() != "application/json":
@@ -68,28 +143,50 @@ async def publish_request(
             "unsupported_media_type", "send the body as Content-Type: application/json", 415
         )
     raw = await read_body()
-    events, batch = parse_body(raw, rt.settings.max_batch, rt.settings.max_event_bytes)
+    settings = rt.settings
+    limits = Limits(settings.max_event_bytes, settings.max_retry_ms)
+    events, batch = parse_body(raw, settings.max_batch, limits)
     scope.check([event.channels for event in events], batch)  # 403 before anything is published
+    idem = idempotency_of(idempotency_key, events, auth, authorization, settings.idempotency_seconds)
     started = time.perf_counter()
     try:
-        ids = await rt.broker.publish(events)
+        published = await rt.broker.publish(events, idem)
+    except IdempotencyConflict:
+        raise ApiError(
+            "idempotency_key_reused",
+            "this idempotency key was used for a different request (within "
+            f"{settings.idempotency_seconds} s); nothing was stored",
+            422,
+        ) from None
+    except OutcomeUnknown as exc:
+        rt.metrics.publish_failures += 1
+        raise ApiError(
+            "outcome_unknown",
+            f"the request reached Redis but its answer was lost ({exc}): the events may or may "
+            "not be stored; a retry with the same Idempotency-Key is safe (it stores nothing twice)",
+            503, {"Retry-After": "1"},
+        ) from None
     except BrokerUnavailable as exc:
         rt.metrics.publish_failures += 1
         raise ApiError(
-            "broker_unavailable", f"the event was not accepted: {exc}", 503,
+            "broker_unavailable", f"the event was not stored: {exc}", 503,
             {"Retry-After": "1"},
         ) from None
     rt.metrics.publish_latency.observe(time.perf_counter() - started)
-    rt.metrics.events_published += len(events)
-    published = [
+    headers: dict[str, str] = {}
+    if published.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    else:
+        rt.metrics.events_published += len(events)
+    answer = [
         {"channel": channel, "id": event_id}
-        for event, event_ids in zip(events, ids, strict=True)
+        for event, event_ids in zip(events, published.ids, strict=True)
         for channel, event_id in zip(event.channels, event_ids, strict=True)
     ]
-    result: dict[str, Any] = {"events": published}
-    if not batch and len(published) == 1:
-        result["id"] = published[0]["id"]
-    return result, 202
+    result: dict[str, Any] = {"events": answer}
+    if not batch and len(answer) == 1:
+        result["id"] = answer[0]["id"]
+    return result, 202, headers
 
 
 async def _request_body() -> bytes:
@@ -99,8 +196,9 @@ async def _request_body() -> bytes:
 
 
 @bp.post("/publish")
-async def publish() -> tuple[dict[str, Any], int]:
+async def publish() -> tuple[dict[str, Any], int, dict[str, str]]:
     return await publish_request(
         runtime(), authority(), request.headers.get("Authorization"),
         request.headers.get("Content-Type"), _request_body,
+        request.headers.get("Idempotency-Key"),
     )
