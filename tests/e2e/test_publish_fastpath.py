@@ -205,7 +205,7 @@ async def test_an_unexpected_exception_is_the_logged_json_500_of_the_quart_route
     http, counter, fast_path = counted
     auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 
-    async def broken(events: Any) -> Any:
+    async def broken(events: Any, idempotency: Any = None) -> Any:
         raise RuntimeError("boom")
 
     fast_path.rt.broker.publish = broken
