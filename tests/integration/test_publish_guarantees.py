@@ -72,12 +72,15 @@ async def test_a_repeated_idempotency_key_is_delivered_once(service_factory, red
         await client.close()
 
 
-async def kill_normal_clients(admin: aioredis.Redis, stop: asyncio.Event) -> int:
-    """Kill every non-pub/sub client connection but our own, again and again, until `stop`."""
-    killed = 0
+async def kill_normal_clients(admin: aioredis.Redis, stop: asyncio.Event, channel: str = "bulk") -> int:
+    """Until `stop`: each time 300 more events of `channel` are stored, kill every non-pub/sub
+    client connection but our own -- so the kill lands in the middle of a batch's pipeline."""
+    killed, last = 0, 0
     while not stop.is_set():
-        killed += int(await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
-        await asyncio.sleep(0.001)  # pacing the killer, not waiting for anything
+        seq = int(await admin.hget(wire.meta_key(channel), "seq") or 0)
+        if seq >= last + 300:
+            killed += int(await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
+            last = seq
     return killed
 
 
@@ -180,3 +183,39 @@ async def test_an_old_publishers_events_arrive_live_and_keep_their_ids_in_histor
     finally:
         await raw.aclose()
         await live.close()
+
+
+async def test_without_a_key_the_internal_token_makes_redis_retries_harmless(
+    service_factory, private_redis, http
+):
+    """redis-py re-sends a whole pipeline after a connection error; every call carries an
+    internal token, so the events it had already stored are not stored again."""
+    service = service_factory({"PUSHSVC_REDIS_URL": private_redis.url})
+    client = await SSEClient.open(service.port, ["bulk"])
+    admin = aioredis.Redis.from_url(private_redis.url)
+    try:
+        await client.wait_open()
+        stop = asyncio.Event()
+        killer = asyncio.create_task(kill_normal_clients(admin, stop))
+        accepted: list[int] = []
+        try:
+            for attempt in range(5):
+                body = [{"channel": "bulk", "data": attempt * 1000 + i} for i in range(1000)]
+                answer = await http.post(service.base + "/publish", json=body, headers=AUTH)
+                assert answer.status_code in (202, 503), answer.text
+                if answer.status_code == 202:
+                    accepted += [item["data"] for item in body]
+        finally:
+            stop.set()
+            assert await killer > 0
+        end = await publish(http, service, {"channel": "bulk", "data": "end"})
+        assert end.status_code == 202
+        received: list[int] = []
+        while (event := await client.next_event(timeout=10)).data != "end":
+            received.append(int(event.data))
+        duplicates = sorted({v for v in received if received.count(v) > 1})
+        assert not duplicates, f"{len(duplicates)} events delivered twice, e.g. {duplicates[:5]}"
+        assert set(accepted) <= set(received)
+    finally:
+        await admin.aclose()
+        await client.close()
