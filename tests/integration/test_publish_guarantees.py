@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 
 import pytest
 import redis.asyncio as aioredis
@@ -13,6 +15,7 @@ import redis.asyncio as aioredis
 from pushsvc import wire
 from pushsvc.events import parse_message
 from tests.support.helpers import TOKEN, metric, publish
+from tests.support.procs import ROOT
 from tests.support.sse_client import SSEClient
 
 pytestmark = pytest.mark.redis
@@ -219,3 +222,21 @@ async def test_without_a_key_the_internal_token_makes_redis_retries_harmless(
     finally:
         await admin.aclose()
         await client.close()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pushsvc.cli", "publish", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+
+
+async def test_pushsvc_publish_takes_an_idempotency_key(service_factory, redis_url):
+    service = service_factory({"PUSHSVC_REDIS_URL": redis_url})
+    direct = [run_cli("cli", "1", "--redis-url", redis_url, "--idempotency-key", "k1") for _ in range(2)]
+    assert direct[0].returncode == direct[1].returncode == 0, direct[0].stderr
+    assert direct[0].stdout == direct[1].stdout and '"ids"' in direct[0].stdout
+    reused = run_cli("cli", "2", "--redis-url", redis_url, "--idempotency-key", "k1")
+    assert reused.returncode == 2 and "different request" in reused.stderr
+    http_args = ("--http", service.base, "--token", TOKEN, "--idempotency-key", "k2")
+    over_http = [run_cli("cli", "3", *http_args) for _ in range(2)]
+    assert over_http[0].returncode == over_http[1].returncode == 0, over_http[0].stderr
+    assert json.loads(over_http[0].stdout) == json.loads(over_http[1].stdout)
