@@ -10,8 +10,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from .config import ConfigError, Settings
 from .broker.scripts import IdempotencyConflict
+from .config import ConfigError, Settings
 from .events import EventError
 
 

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from pushsvc import wire
 from pushsvc.events import parse_message
 from tests.support.helpers import TOKEN, metric, publish
+from tests.support.legacy import OLD_PUBLISH_LUA
 from tests.support.procs import ROOT
 from tests.support.sse_client import SSEClient
 
@@ -136,25 +137,6 @@ async def test_a_multi_channel_event_carries_one_identity_on_every_copy(service_
     assert parse_message("a", copies["a"][1]).eid is None  # one channel: no identity needed
 
 
-OLD_PUBLISH_LUA = """
-local meta, hist = KEYS[1], KEYS[2]
-local maxlen, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
-local epoch = redis.call('HGET', meta, 'epoch')
-if not epoch then
-  epoch = ARGV[5]
-  redis.call('DEL', hist)
-  redis.call('HSET', meta, 'epoch', epoch, 'seq', 0)
-end
-local seq = redis.call('HINCRBY', meta, 'seq', 1)
-local msg = ARGV[2] .. ',"pushsvc":[' .. seq .. ',"' .. epoch .. '"]}'
-if maxlen > 0 then
-  redis.call('XADD', hist, 'MAXLEN', maxlen, '0-' .. seq, 'm', msg)
-  if ttl > 0 then redis.call('EXPIRE', hist, ttl) end
-end
-if ttl > 0 then redis.call('EXPIRE', meta, ttl) end
-redis.call('PUBLISH', ARGV[1], msg)
-return {seq, epoch}
-"""  # pushsvc.publisher's script before the internal live channel (README: Upgrades)
 
 
 async def test_an_old_publishers_events_arrive_live_and_keep_their_ids_in_history(
