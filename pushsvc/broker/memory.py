@@ -7,6 +7,7 @@ between processes, so the server refuses it with more than one worker.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ class MemoryBroker:
         self._subscribed: set[str] = set()
         self._listener: Listener | None = None
         self._records: dict[str, tuple[float, str, dict[int, str]]] = {}  # key: (expiry, fp, ids)
+        self._expiries: list[tuple[float, str]] = []  # heap of (expiry, key): forget old records
 
     async def start(self, listener: Listener) -> None:
         self._listener = listener
@@ -67,6 +69,10 @@ class MemoryBroker:
     def _run(self, event: Event, call: Call) -> tuple[int, str]:
         (record_key, *_), (fp, field, window, prefix, _, _, eid, *_) = call
         now = time.monotonic()
+        while self._expiries and self._expiries[0][0] <= now:
+            expiry, key = heapq.heappop(self._expiries)
+            if key in self._records and self._records[key][0] == expiry:
+                del self._records[key]
         record = self._records.get(record_key)
         if record is not None and record[0] <= now:
             record = None
@@ -77,6 +83,7 @@ class MemoryBroker:
                 return 1, record[2][field]
         else:
             record = self._records[record_key] = (now + window, fp, {})
+            heapq.heappush(self._expiries, (now + window, record_key))
         ids = []
         for channel in event.channels:
             state = self._live(channel)
@@ -93,8 +100,6 @@ class MemoryBroker:
             if channel in self._subscribed and self._listener is not None:
                 self._listener.on_message(channel, message, True)
         joined = record[2][field] = " ".join(ids)
-        if len(self._records) > 10_000:
-            self._records = {k: r for k, r in self._records.items() if r[0] > now}
         return 0, joined
 
     def inject(self, channel: str, payload: bytes) -> None:

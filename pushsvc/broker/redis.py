@@ -55,12 +55,12 @@ from ..events import Event
 from ..wire import CONTROL_CHANNEL, EMPTY, Position, channel_of_live, history_key, live_channel, meta_key
 from . import BrokerUnavailable, History, Listener, OutcomeUnknown, Published, new_epoch
 from .scripts import (
-    MAX_COPIES_PER_REQUEST,
     PUBLISH_LUA,
     Call,
     Idempotency,
     calls_for,
     copies,
+    max_copies,
     read_replies,
 )
 
@@ -112,6 +112,7 @@ class RedisBroker:
         self._script = self.client.register_script(PUBLISH_LUA)
         self._batch: list[_Pending] = []
         self._batch_copies = 0
+        self.max_copies = max_copies(timeout_seconds)
         self._flushes: set[asyncio.Task[None]] = set()
         self._pubsub_factory = ConnectionPool.from_url(
             url, protocol=2, client_name="pushsvc-pubsub", **{**common, "retry": Retry(NoBackoff(), 0)}
@@ -170,12 +171,13 @@ class RedisBroker:
         # between channels, or a resume id replayed against another channel set could pass.
         calls = calls_for(events, idempotency, self.history_size, self.history_ttl_seconds, new_epoch)
         done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        count = copies(events)
+        if self._batch and self._batch_copies + count > self.max_copies:
+            self._flush_batch()  # one pipeline holds at most what one request may
         self._batch.append((calls, done))
-        self._batch_copies += copies(events)
+        self._batch_copies += count
         if len(self._batch) == 1:
             asyncio.get_running_loop().call_soon(self._flush_batch)
-        elif self._batch_copies >= MAX_COPIES_PER_REQUEST:
-            self._flush_batch()
         ids, replayed = read_replies(await done)
         return Published(ids, replayed)
 
