@@ -83,3 +83,30 @@ def test_the_text_log_format_escapes_control_characters_in_every_value(hostile):
     line = TextFormatter().format(record)
     assert "\n" not in line and "\r" not in line and "\x1b" not in line and "\u2028" not in line
     assert "\\n" in line or "\\x1b" in line or "\\r" in line or "\\u2028" in line
+
+
+async def test_hypercorns_access_log_escapes_control_characters_in_every_atom():
+    from hypercorn.config import Config
+
+    from pushsvc.accesslog import RedactingLogger
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    target = logging.Logger("test-access-escape")
+    target.addHandler(Collect())
+    target.setLevel(logging.INFO)
+    config = Config()
+    config.accesslog = target
+    config.access_log_format = '"%(r)s" %(U)s %({user-agent}i)s %(s)s'
+    scope = {
+        "type": "http", "http_version": "1.1", "method": "GET", "scheme": "http",
+        "path": "/x\nFORGED 200", "query_string": b"", "client": ("127.0.0.1", 5555),
+        "headers": [(b"user-agent", b"a\rFORGED2")],
+    }
+    await RedactingLogger(config).access(scope, {"status": 404, "headers": []}, 0.01)  # type: ignore[arg-type]
+    assert len(lines) == 1 and "\n" not in lines[0] and "\r" not in lines[0]
+    assert "/x\\nFORGED 200" in lines[0] and "a\\rFORGED2" in lines[0]
