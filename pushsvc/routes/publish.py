@@ -26,7 +26,7 @@ from werkzeug.http import parse_options_header
 
 from ..auth import Authority, authority, bearer_token
 from ..broker import BrokerUnavailable, Idempotency, IdempotencyConflict, OutcomeUnknown
-from ..broker.scripts import MAX_COPIES_PER_REQUEST, copies
+from ..broker.scripts import copies, max_copies
 from ..errors import ApiError
 from ..events import Event, EventError, Limits, check_idempotency_key, event_from_json, loads
 from ..runtime import Runtime, runtime
@@ -34,8 +34,11 @@ from ..runtime import Runtime, runtime
 bp = Blueprint("publish", __name__)
 
 
-def parse_body(raw: bytes, max_batch: int, limits: Limits | int) -> tuple[list[Event], bool]:
-    """(events, is_batch) from a publish body, or ApiError."""
+def parse_body(
+    raw: bytes, max_batch: int, limits: Limits | int, copies_limit: int | None = None
+) -> tuple[list[Event], bool]:
+    """(events, is_batch) from a publish body, or ApiError.  `copies_limit`: most events x
+    channels (a larger request is refused before anything is stored)."""
     if not raw.strip():
         raise ApiError("invalid_json", "the body is empty; send a JSON event object or array")
     try:
@@ -60,11 +63,12 @@ def parse_body(raw: bytes, max_batch: int, limits: Limits | int) -> tuple[list[E
             status = 413 if exc.code == "event_too_large" else 400
             raise ApiError(exc.code, where + exc.detail, status) from None
     total = copies(events)
-    if total > MAX_COPIES_PER_REQUEST:
+    if copies_limit is not None and total > copies_limit:
         raise ApiError(
             "batch_too_large",
             f"the request has {total} event copies (events x channels); at most "
-            f"{MAX_COPIES_PER_REQUEST} per request, so that it is stored within the Redis timeout",
+            f"{copies_limit} per request (2,500 per second of PUSHSVC_REDIS_TIMEOUT_SECONDS), so "
+            "that it is stored within the Redis timeout; nothing was stored",
             413,
         )
     return events, batch
@@ -145,7 +149,7 @@ async def publish_request(
     raw = await read_body()
     settings = rt.settings
     limits = Limits(settings.max_event_bytes, settings.max_retry_ms)
-    events, batch = parse_body(raw, settings.max_batch, limits)
+    events, batch = parse_body(raw, settings.max_batch, limits, max_copies(settings.redis_timeout_seconds))
     scope.check([event.channels for event in events], batch)  # 403 before anything is published
     idem = idempotency_of(idempotency_key, events, auth, authorization, settings.idempotency_seconds)
     started = time.perf_counter()
