@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from .broker.scripts import IdempotencyConflict
 from .config import ConfigError, Settings
 from .events import EventError
 
@@ -41,6 +42,8 @@ def _publish(args: argparse.Namespace) -> int:
         token = args.token or os.environ.get("PUSHSVC_TOKEN")
         if token:
             request.add_header("Authorization", f"Bearer {token}")
+        if args.idempotency_key:
+            request.add_header("Idempotency-Key", args.idempotency_key)
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 print(response.read().decode())
@@ -52,7 +55,8 @@ def _publish(args: argparse.Namespace) -> int:
 
     publisher = Publisher(args.redis_url)
     try:
-        ids = publisher.publish(args.channel, data, type=args.type, retry=args.retry)
+        ids = publisher.publish(args.channel, data, type=args.type, retry=args.retry,
+                                idempotency_key=args.idempotency_key)
     finally:
         publisher.close()
     print(json.dumps({"ids": ids}))
@@ -102,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--http", default=None, metavar="URL",
                          help="publish through a running service's POST /publish instead")
     publish.add_argument("--token", default=None, help="bearer token for --http (or PUSHSVC_TOKEN)")
+    publish.add_argument("--idempotency-key", default=None, metavar="KEY",
+                         help="repeat safely: within PUSHSVC_IDEMPOTENCY_SECONDS the same key "
+                         "publishes once and prints the original ids")
     publish.set_defaults(func=_publish)
 
     token = commands.add_parser(
@@ -121,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except (ConfigError, EventError, ValueError) as exc:
+    except (ConfigError, EventError, IdempotencyConflict, ValueError) as exc:
         print(f"pushsvc: {exc}", file=sys.stderr)
         return 2
     return code

@@ -137,6 +137,13 @@ class Settings:
     max_batch: int = _setting(
         1000, _int_range(1, 100_000), "Most events in one `POST /publish` batch (413 beyond)."
     )
+    max_retry_ms: int = _setting(
+        60000, _int_range(0, 3_600_000), "Largest per-event `retry` a publisher may set (400 beyond)."
+    )
+    idempotency_seconds: int = _setting(
+        300, _int_range(1, 7 * 86400), "How long an `Idempotency-Key` (or `idempotency_key`) is "
+        "remembered: a repeat within it stores nothing new and answers the original ids."
+    )
     max_body_bytes: int = _setting(
         1024 * 1024, _int_range(1024, 256 * 1024 * 1024), "Largest `POST /publish` body (413)."
     )

@@ -68,12 +68,13 @@ class _Disconnected(Exception):
     """The client went away before its whole body arrived."""
 
 
-def _publish_headers(scope: Scope, max_body: int) -> tuple[str | None, str | None] | None:
-    """(Authorization, Content-Type) of a plain publish request -- the first of each, as
+def _publish_headers(scope: Scope, max_body: int) -> tuple[str | None, str | None, str | None] | None:
+    """(Authorization, Content-Type, Idempotency-Key) of a plain publish request -- the first of each, as
     werkzeug's ``headers.get``; with a Content-Length within `max_body` -- or None to let
     Quart answer it."""
     authorization: str | None = None
     content_type: str | None = None
+    idempotency_key: str | None = None
     length = -1
     for key, value in scope["headers"]:
         key = key.lower()
@@ -83,6 +84,9 @@ def _publish_headers(scope: Scope, max_body: int) -> tuple[str | None, str | Non
         elif key == b"content-type":
             if content_type is None:
                 content_type = value.decode("latin-1")
+        elif key == b"idempotency-key":
+            if idempotency_key is None:
+                idempotency_key = value.decode("latin-1")
         elif key == b"content-length":
             if length < 0:
                 if not value.isdigit():
@@ -92,7 +96,7 @@ def _publish_headers(scope: Scope, max_body: int) -> tuple[str | None, str | Non
             return None
     if length < 0 or length > max_body:
         return None
-    return authorization, content_type
+    return authorization, content_type, idempotency_key
 
 
 class FastPath:
@@ -139,8 +143,10 @@ class FastPath:
 
     # -- POST /publish -------------------------------------------------------------------
 
-    async def _publish(self, plain: tuple[str | None, str | None], receive: Receive, send: Send) -> None:
-        authorization, content_type = plain
+    async def _publish(
+        self, plain: tuple[str | None, str | None, str | None], receive: Receive, send: Send
+    ) -> None:
+        authorization, content_type, idempotency_key = plain
 
         async def read_body() -> bytes:
             if self.body_timeout is None:
@@ -152,7 +158,9 @@ class FastPath:
                 raise RequestTimeout() from None
 
         try:
-            result, status = await publish_request(self.rt, self.authority, authorization, content_type, read_body)
+            result, status, headers = await publish_request(
+                self.rt, self.authority, authorization, content_type, read_body, idempotency_key
+            )
         except _Disconnected:
             return
         except ApiError as error:
@@ -163,7 +171,7 @@ class FastPath:
             log.exception("unexpected error")
             await self._answer(send, *render_error(internal_error()))
         else:
-            await self._answer(send, status, {}, json_bytes(result))
+            await self._answer(send, status, headers, json_bytes(result))
 
     @staticmethod
     async def _answer(send: Send, status: int, headers: dict[str, str], body: bytes) -> None:

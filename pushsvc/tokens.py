@@ -46,6 +46,7 @@ class Grant:
     subscribe: tuple[str, ...]
     publish: tuple[str, ...]
     expires: float | None  # wall-clock `exp`
+    subject: str | None = None  # `sub` (the scope of a publisher's idempotency keys)
 
 
 def load_public_key(pem: str) -> tuple[PublicKey, str]:
@@ -123,6 +124,19 @@ class TokenVerifier:
         return grant_from_claims(claims)
 
 
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
+def _check_time_claims(claims: dict[str, Any]) -> None:
+    # PyJWT skips a time claim it cannot read in some versions; a string exp would then
+    # never expire.  NumericDate is a JSON number (RFC 7519 2).
+    for name in _TIME_CLAIMS:
+        if name in claims:
+            value = claims[name]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+                raise TokenError(f"the token's {name} is not a number")
+
+
 def _patterns(section: dict[str, Any], name: str) -> tuple[str, ...]:
     value = section.get(name, [])
     if not isinstance(value, list) or not all(
@@ -133,13 +147,16 @@ def _patterns(section: dict[str, Any], name: str) -> tuple[str, ...]:
 
 
 def grant_from_claims(claims: dict[str, Any]) -> Grant:
+    _check_time_claims(claims)
     section = claims.get(CLAIM, {})
     if not isinstance(section, dict):
         raise TokenError(f"claim {CLAIM} must be an object")
     exp = claims.get("exp")
+    sub = claims.get("sub")
     return Grant(
         _patterns(section, "subscribe"), _patterns(section, "publish"),
         float(exp) if isinstance(exp, int | float) else None,
+        sub if isinstance(sub, str) and sub else None,
     )
 
 

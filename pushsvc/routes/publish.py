@@ -21,8 +21,9 @@ async def _request_body() -> bytes:
 
 
 @bp.post("/publish")
-async def publish() -> tuple[dict[str, Any], int]:
+async def publish() -> tuple[dict[str, Any], int, dict[str, str]]:
     return await publish_request(
         runtime(), authority(), request.headers.get("Authorization"),
         request.headers.get("Content-Type"), _request_body,
+        request.headers.get("Idempotency-Key"),
     )

@@ -64,6 +64,9 @@ def cases() -> dict[str, tuple[bytes, dict[str, str]]]:
         "400 invalid UTF-8": (b'{"data": "\xff"}', auth),
         "400 bad channel": (b'{"channel": "a b", "data": 1}', auth),
         "400 unknown field": (b'[{"data": 1}, {"data": 1, "colour": "red"}]', auth),
+        "400 reserved type": (b'{"data": 1, "type": "pushsvc.reset"}', auth),
+        "400 UTF-16 body": ('{"data": 1}'.encode("utf-16"), auth),
+        "400 idempotency header and field": (b'{"data": 1, "idempotency_key": "a"}', {**auth, "Idempotency-Key": "b"}),
         "401 no credential": (b'{"data": 1}', {"Content-Type": "application/json"}),
         "401 wrong token": (b'{"data": 1}', {**auth, "Authorization": "Bearer nope"}),
         "401 expired JWT": (b'{"data": 1}', {**auth, "Authorization": f"Bearer {jwts.hs256(publish=['*'], ttl=-120)}"}),
@@ -117,6 +120,31 @@ async def test_served_answers_exactly_as_the_quart_route(name, served, quart_cli
     assert fast_answer == routed_answer
     assert fast_answer["status"] == int(name.split()[0])
     assert fast.headers["x-request-id"]
+
+
+async def test_an_idempotent_replay_and_a_reused_key_answer_as_the_quart_route(served, quart_client):
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    answers = {}
+    channel = f"fp-{uuid.uuid4().hex[:12]}"  # one channel, a key per door: ids differ only in value
+    for door in ("fast", "routed"):
+        key = uuid.uuid4().hex
+        body = materialise(b'[{"channel": "{channel}", "data": 1}, {"channel": "{channel}", "data": 2}]', channel)
+        headers = {**auth, "Idempotency-Key": key}
+        for attempt in ("first", "replay", "reused"):
+            sent = body if attempt != "reused" else body.replace(b'"data": 2', b'"data": 3')
+            if door == "fast":
+                async with httpx.AsyncClient(timeout=10) as http:
+                    got = await http.post(served.base + "/publish", content=sent, headers=headers)
+                answers[door, attempt] = answer(got.status_code, got.headers, got.content) | {
+                    "replayed": got.headers.get("idempotent-replayed")}
+            else:
+                routed = await quart_client.post("/publish", data=sent, headers=headers)
+                answers[door, attempt] = answer(routed.status_code, routed.headers, await routed.get_data()) | {
+                    "replayed": routed.headers.get("Idempotent-Replayed")}
+    for attempt in ("first", "replay", "reused"):
+        assert answers["fast", attempt] == answers["routed", attempt]
+    assert answers["fast", "replay"]["replayed"] == "true" and answers["fast", "first"]["replayed"] is None
+    assert answers["fast", "reused"]["status"] == 422
 
 
 async def test_broker_down_is_the_same_503(service_factory):
@@ -207,7 +235,7 @@ async def test_an_unexpected_exception_is_the_logged_json_500_of_the_quart_route
     http, counter, fast_path = counted
     auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 
-    async def broken(events: Any) -> Any:
+    async def broken(events: Any, idempotency: Any = None) -> Any:
         raise RuntimeError("boom")
 
     fast_path.rt.broker.publish = broken
