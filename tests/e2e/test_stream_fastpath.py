@@ -106,7 +106,9 @@ async def test_every_stream_answer_of_the_fast_door_is_the_quart_routes(doors):
     channel = f"sd-{uuid.uuid4().hex[:12]}"
     from pushsvc.events import Event
 
-    published = await rt.broker.publish([Event(channels=(channel,), data="first"), Event(channels=(channel,), data="second")])
+    published = await rt.broker.publish(
+        [Event(channels=(channel,), data="first"), Event(channels=(channel,), data="second")]
+    )
     ids = published.ids
     first_id = ids[0][0]
     for name, (query, headers, until) in cases(channel, first_id).items():
