@@ -30,6 +30,7 @@ from ..broker.scripts import copies, max_copies
 from ..errors import ApiError
 from ..events import Event, EventError, Limits, check_idempotency_key, event_from_json, loads
 from ..runtime import Runtime, runtime
+from ..tokens import TokenError
 
 bp = Blueprint("publish", __name__)
 
@@ -92,7 +93,7 @@ def publisher_identity(auth: Authority, authorization: str | None) -> str:
     if auth.verifier is not None:
         try:
             subject = auth.verifier.verify(token).subject
-        except Exception:  # anonymous publishing with a token that is not one
+        except TokenError:  # anonymous publishing with a token that is not one
             return "a"
         if subject:
             return "s:" + _digest(subject)
