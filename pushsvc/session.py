@@ -1,6 +1,6 @@
 """One open stream: its positions, resume and catch-up, and every byte of its body
 (events, replays, resets, heartbeats, the final ``retry:``), chunk by chunk: `first_chunk`
-and `next_chunk`, or the `frames()` generator over them for Quart.
+and `next_chunk` (the one loop over them, for both doors, is `pushsvc.core.streams.pump`).
 
 The hot path: a synced one-channel stream whose queue holds only the next live frames
 sends their shared bytes as they are (`_live_chunk`, no coroutine per item); anything else
@@ -20,7 +20,6 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator
 from typing import Any
 
 from . import sse
@@ -46,8 +45,8 @@ def jittered(ms: int) -> int:
 
 
 class StreamSession:
-    """State of one stream; `frames()` is the response body (or `first_chunk` and
-    `next_chunk`, between `start` and `stop`)."""
+    """State of one stream; its body is `first_chunk` then `next_chunk` until done, between
+    `start` and `stop` (see `pushsvc.core.streams.pump`)."""
 
     # One per open stream: no per-instance dict, and no per-channel maps on the (usual)
     # one-channel stream.
@@ -100,19 +99,6 @@ class StreamSession:
     def stop(self) -> None:
         """Unsubscribe (synchronous, so it belongs in a ``finally``)."""
         self.hub.remove(self.subscriber)
-
-    async def frames(self) -> AsyncGenerator[bytes, None]:
-        """The whole body, for a framework that iterates a generator (the Quart route)."""
-        self.start()
-        try:
-            chunk, done = await self.first_chunk()
-            yield chunk
-            while not done:
-                next_chunk, done = await self.next_chunk()
-                if next_chunk is not None:
-                    yield next_chunk
-        finally:
-            self.stop()
 
     async def first_chunk(self) -> tuple[bytes, bool]:
         """The opening chunk (a comment and ``retry:``) with whatever is ready within

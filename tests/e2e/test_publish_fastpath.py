@@ -1,6 +1,6 @@
 """`POST /publish` through the pure-ASGI path (`pushsvc.fastpath`) answers exactly as the
 Quart route: the same request to a real `pushsvc serve` and to the Quart test client of an
-app with the same settings gets the same status, body and headers -- a success, 400, 401,
+app with the same settings and its fast door closed gets the same status, body and headers -- a success, 400, 401,
 403 (a scoped JWT), 413, 415 and 503.  In-process, a counter in front of Quart proves that
 plain requests never reach it and that the others (Origin, chunked, oversized) do."""
 
@@ -103,6 +103,7 @@ def served(redis_server: RedisServer) -> Iterator[Service]:
 @pytest.fixture
 async def quart_client(redis_server: RedisServer) -> AsyncIterator[Any]:
     app = create_app(settings(redis_server.url))
+    app.extensions["pushsvc.fastpath"].enabled = False  # create_app mounts the fast door: close it
     async with app.test_app() as test_app:
         yield test_app.test_client()
 
@@ -161,6 +162,7 @@ async def test_broker_down_is_the_same_503(service_factory):
     assert fast.json()["error"] == "broker_unavailable"
     # and the Quart test client (another event loop: the connect error's wording may differ)
     app = create_app(settings(dead))
+    app.extensions["pushsvc.fastpath"].enabled = False
     async with app.test_app() as test_app:
         quart = await test_app.test_client().post("/publish", data=b'{"data": 1}', headers=headers)
         quart_answer = answer(quart.status_code, quart.headers, await quart.get_data())
