@@ -173,7 +173,7 @@ class Authority:
         if self.verifier is not None:
             try:
                 subject = self.verifier.verify(token).subject
-            except Exception:  # anonymous publishing with a token that is not one
+            except TokenError:  # anonymous publishing with a token that is not one
                 return "a"
             return "s:" + _digest(subject) if subject else "j:" + _digest(token)
         return "a"
