@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import MutableMapping
 from typing import Any
 
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
@@ -40,7 +41,7 @@ from .asgi import RAW_SEND_KEY, STREAM_KEY, Receive, Scope, Send
 from .auth import Authority
 from .core.errors import JSON_TYPE, ApiError, internal_error, json_bytes, render_error
 from .core.publishing import publish_request
-from .core.streams import new_session, pump, requested_channels, stream_headers_raw, stream_request
+from .core.streams import PumpedBody, new_session, pump, requested_channels, stream_headers_raw, stream_request
 from .errors import from_http_exception
 from .runtime import Runtime
 from .session import StreamSession
@@ -57,6 +58,20 @@ def _utf8(raw: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def _pumping(send: Send, raw_send: Send) -> Send:
+    """Quart's ``send`` for a ``GET /stream`` it answers: the route's `PumpedBody` is written
+    by the one stream pump, with the server's own ``send`` (as the fast door's streams)."""
+
+    async def send_or_pump(message: MutableMapping[str, Any]) -> None:
+        body = message.get("body")
+        if type(body) is PumpedBody:
+            await pump(body.session, raw_send)
+        else:
+            await send(message)
+
+    return send_or_pump
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -139,6 +154,8 @@ class FastPath:
             # Quart's URL matching decodes the query string unguarded: it would crash (500).
             await self._answer(send, *render_error(ApiError("invalid_query", "the query string is not UTF-8")))
             return
+        if scope["type"] == "http" and scope["path"] == "/stream":
+            send = _pumping(send, scope.get(RAW_SEND_KEY, send))
         await self.inner(scope, receive, send)
 
     # -- POST /publish -------------------------------------------------------------------
@@ -239,10 +256,8 @@ class FastPath:
         watcher.add_done_callback(on_disconnect)
         # Body chunks go straight to the server: only the start message needs the wrapper.
         send_body = scope.get(RAW_SEND_KEY, send)
-        body = pump(opened)
         try:
-            async for chunk in body:
-                await send_body({"type": "http.response.body", "body": chunk, "more_body": True})
+            await pump(opened, send_body)
             await send_body(_END)
         except asyncio.CancelledError:
             if not disconnected and opened.subscriber.aborted is None:
@@ -251,4 +266,3 @@ class FastPath:
         finally:
             watcher.remove_done_callback(on_disconnect)
             watcher.cancel()
-            await body.aclose()

@@ -4,8 +4,9 @@
   from the ASGI scope, as werkzeug's ``request.args`` / ``headers.get`` would;
 * `requested_channels` validates the channel list, `new_session` makes the `StreamSession`
   (resume position, capacity) or the over-capacity body;
-* `pump` is the one loop that turns a session into body chunks, for the fast door's
-  ``send`` loop and for the Quart route's response alike.  It owns the write deadline: it
+* `pump` is the one loop that writes a session's body chunks with the server's ``send``,
+  for the fast door and for the Quart route alike (whose body, `PumpedBody`, the fast door
+  hands to `pump`).  It owns the write deadline: it
   marks on the stream's `Subscriber` since when a write is pending (``writing_since``) and
   which task waits on it, so that the hub's ticker (``PUSHSVC_WRITE_TIMEOUT_SECONDS``) or
   an overflow can end a stream whose peer stopped reading by cancelling that task; the
@@ -17,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import codecs
 import time
-from collections.abc import AsyncGenerator, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote
 
 from .. import sse
@@ -29,6 +30,8 @@ from .errors import ApiError
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
+
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]  # ASGI's send
 
 STREAM_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -100,12 +103,12 @@ def new_session(
     return session
 
 
-async def pump(session: StreamSession) -> AsyncGenerator[bytes, None]:
-    """The whole body of a stream, chunk by chunk: subscribe, the opening chunk, then each
-    next chunk until the session ends it; unsubscribe in ``finally`` whatever happens.
+async def pump(session: StreamSession, send: Send) -> None:
+    """The whole body of a stream but its end: subscribe, write the opening chunk, then each
+    next chunk until the session ends it, as ASGI ``http.response.body`` messages (the
+    caller sends the final one); unsubscribe in ``finally`` whatever happens.
 
-    The caller writes each chunk before asking for the next, from the task that iterates
-    this generator: that task is the one `Subscriber.interrupt` cancels when the write is
+    The task that calls this is the one `Subscriber.interrupt` cancels when a write is
     stuck (the fast door then ends the response quietly; under Quart the cancelled handler
     task ends it), and ``end_reason`` tells the access log why.
     """
@@ -118,7 +121,7 @@ async def pump(session: StreamSession) -> AsyncGenerator[bytes, None]:
         while True:
             if chunk is not None:
                 sub.writing_since = time.monotonic()
-                yield chunk
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 sub.writing_since = 0.0
             if done:
                 return
@@ -129,6 +132,23 @@ async def pump(session: StreamSession) -> AsyncGenerator[bytes, None]:
         if sub.aborted is not None:
             session.end_reason = sub.aborted
         session.stop()
+
+
+class PumpedBody:
+    """The Quart route's response body: it yields itself once, and the fast door, which
+    wraps Quart's ``send`` for ``GET /stream``, runs `pump` on the server's own ``send``
+    when that item comes by -- so both doors write a stream with the same loop."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: StreamSession) -> None:
+        self.session = session
+
+    async def _once(self) -> AsyncIterator[PumpedBody]:
+        yield self
+
+    def __aiter__(self) -> AsyncIterator[PumpedBody]:
+        return self._once()
 
 
 def stream_headers_raw() -> list[tuple[bytes, bytes]]:
