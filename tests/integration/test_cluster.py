@@ -299,3 +299,55 @@ async def test_a_killed_master_heals_its_channels_and_the_other_shards_keep_deli
     finally:
         await watcher.close()
         await asyncio.to_thread(redis_cluster.restart, target)
+
+
+async def test_a_failover_that_lost_acknowledged_writes_resets_instead_of_reusing_their_ids(
+    redis_cluster, service_factory, http
+):
+    service = service_factory(cluster_env(redis_cluster))
+    await ready(http, service)
+    channel = "lossy"
+    master = redis_cluster.owner(channel)
+    replica = redis_cluster.replica_of(master)
+    reader = await SSEClient.open(service.port, [channel])
+    await reader.wait_open()
+    try:
+        for n in range(3):
+            assert (await publish(http, service, {"channel": channel, "data": n})).status_code == 202
+        with master.client() as node:
+            assert node.execute_command("WAIT", 1, 5000) == 1  # these three reached the replica
+        replica.pause()  # the next five are acknowledged by the master only:
+        with master.client() as node:  # cut the link, so nothing reaches the replica's socket
+            node.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        for n in range(3, 8):
+            assert (await publish(http, service, {"channel": channel, "data": n})).status_code == 202
+        seen = await reader.events(8)
+        assert [e.data for e in seen] == [str(n) for n in range(8)]
+        lost_id = seen[-1].last_event_id
+        await reader.close()
+
+        master.kill()
+        replica.resume()
+        await asyncio.to_thread(
+            wait_until, lambda: replica.role() == "master", 30, 0.05, "the replica to be promoted"
+        )
+        await asyncio.to_thread(redis_cluster.wait_ok, 30, False)
+        await ready(http, service, timeout=30)
+        for n in range(8, 18):  # the promoted replica had only 3: these would reuse 4..8
+            assert (await publish(http, service, {"channel": channel, "data": n})).status_code == 202
+
+        resumed = await SSEClient.open(service.port, [channel], last_event_id=lost_id)
+        try:
+            first = await resumed.next_event(timeout=10)
+            assert first.type == RESET, f"resumed silently after a lossy failover: {first}"
+            assert json.loads(first.data)["channels"] == [channel]
+            await publish(http, service, {"channel": channel, "data": "after"})
+            assert (await resumed.next_event(timeout=10)).data == "after"
+        finally:
+            await resumed.close()
+    finally:
+        await reader.close()
+        if replica.proc is not None:
+            replica.resume()
+        if not master.alive():
+            await asyncio.to_thread(redis_cluster.restart, master)

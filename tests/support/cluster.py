@@ -83,8 +83,17 @@ class ClusterNode:
         with self.client(1) as client:
             return str(client.info("replication").get("role"))
 
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
             self.proc = None
