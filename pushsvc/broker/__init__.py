@@ -1,7 +1,8 @@
 """Brokers carry events between processes and keep each channel's history.
 
 `Broker` is the narrow protocol the hub and the publish route use; `redis.RedisBroker` is
-the production backend (`cluster.ClusterBroker` on Redis Cluster), `memory.MemoryBroker` the embedded single-process default.
+the production backend (`cluster.ClusterBroker` on Redis Cluster), `memory.MemoryBroker`
+the embedded single-process default.
 """
 
 from __future__ import annotations
