@@ -126,6 +126,7 @@ class ClusterBroker:
         self._refresher: asyncio.Task[None] | None = None
         self._topology_error = "topology not read yet"
         self.resubscriptions = 0
+        self._past_reconnects = 0  # of shards' loops closed since
         self._counter = SubscriberCounter(self._publish_control, self._client_for_key, timeout_seconds)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -159,6 +160,11 @@ class ClusterBroker:
             if not ok:
                 return False, f"redis cluster: shard {address} {why}"
         return True, f"redis cluster: {len(set(self._slots))} shards, every slot covered, every shard reachable"
+
+    @property
+    def reconnects(self) -> int:
+        """Pub/sub connections lost and re-established, all shards (``/metrics``)."""
+        return self._past_reconnects + sum(loop.reconnects for loop in self._loops.values())
 
     def shards(self) -> dict[str, dict[str, int]]:
         """Per shard: messages read, reconnects (for metrics and tests)."""
@@ -274,6 +280,7 @@ class ClusterBroker:
     async def _close_node(self, address: str) -> None:
         loop = self._loops.pop(address, None)
         if loop is not None:
+            self._past_reconnects += loop.reconnects + 1  # the shard's connection is gone: a reconnect
             await loop.stop()
         client = self._clients.pop(address, None)
         if client is not None:
