@@ -58,7 +58,7 @@ from ..wire import CONTROL_CHANNEL, EMPTY, Position, channel_of_live, history_ke
 from . import BrokerUnavailable, History, Listener, OutcomeUnknown, Published, new_epoch
 from .counting import SubscriberCounter
 from .pubsub import SHARDED, UNAVAILABLE, PubSubLoop, text
-from .scripts import POSITION_LUA, Call, Idempotency, cluster_calls_for, publish_lua, read_replies
+from .scripts import POSITION_LUA, Call, Idempotency, cluster_calls_for, max_copies, publish_lua, read_replies
 
 log = logging.getLogger("pushsvc.redis")
 
@@ -66,6 +66,7 @@ SLOTS = 16384
 PUBLISH_SCRIPT = publish_lua("SPUBLISH", guard_failover=True)
 _REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
 _Item = tuple[int, int, str, Call]  # event index, copy index, channel, script call
+_Waiting = tuple[list[_Item], "asyncio.Future[list[Any]]"]  # one request's calls on a shard, and their replies
 
 
 def slot_of(channel: str) -> int:
@@ -127,6 +128,9 @@ class ClusterBroker:
         self._topology_error = "topology not read yet"
         self.resubscriptions = 0
         self._past_reconnects = 0  # of shards' loops closed since
+        self._batches: dict[tuple[str, bool], list[_Waiting]] = {}
+        self._flushes: set[asyncio.Task[None]] = set()
+        self.max_batch = max_copies(timeout_seconds)
         self._counter = SubscriberCounter(self._publish_control, self._client_for_key, timeout_seconds)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -142,6 +146,8 @@ class ClusterBroker:
         )
 
     async def stop(self) -> None:
+        for flush in list(self._flushes):
+            flush.cancel()
         if self._refresher is not None:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
@@ -400,7 +406,7 @@ class ClusterBroker:
             ask_at = asking.pop((item[0], item[1]), "")
             by_node.setdefault((ask_at or self._owner(item[2]), bool(ask_at)), []).append(item)
         nodes = list(by_node)
-        results = await asyncio.gather(*(self._run_on(a, by_node[(a, ask)], ask) for a, ask in nodes),
+        results = await asyncio.gather(*(self._batched(a, ask, by_node[(a, ask)]) for a, ask in nodes),
                                        return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
@@ -427,6 +433,42 @@ class ClusterBroker:
                     replies[key] = reply
         again.sort(key=lambda item: (item[0], item[1]))
         return again
+
+    async def _batched(self, address: str, ask: bool, items: list[_Item]) -> list[Any]:
+        """Run `items` on `address` in one pipeline shared with the other publishes of this
+        loop iteration (one round trip per shard for many concurrent requests)."""
+        key = (address, ask)
+        done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        batch = self._batches.setdefault(key, [])
+        batch.append((items, done))
+        if len(batch) == 1:
+            asyncio.get_running_loop().call_soon(self._flush, key)
+        elif sum(len(i) for i, _ in batch) >= self.max_batch:
+            self._flush(key)
+        return await done
+
+    def _flush(self, key: tuple[str, bool]) -> None:
+        batch = self._batches.pop(key, None)
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._send_batch(key, batch))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _send_batch(self, key: tuple[str, bool], batch: list[_Waiting]) -> None:
+        try:
+            results = await self._run_on(key[0], [item for items, _ in batch for item in items], key[1])
+        except BaseException as exc:
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        start = 0
+        for items, done in batch:
+            if not done.done():
+                done.set_result(results[start:start + len(items)])
+            start += len(items)
 
     async def _run_on(self, address: str, items: list[_Item], ask: bool = False) -> list[Any]:
         client = self._client(address)
