@@ -38,6 +38,11 @@ def spread_channels(cluster: RedisCluster, count: int, prefix: str) -> list[str]
     return names
 
 
+def _unready(service) -> str | None:
+    answer = httpx.get(service.base + "/readyz", timeout=2)
+    return answer.json()["detail"] if answer.status_code == 503 else None
+
+
 async def ready(http: httpx.AsyncClient, service, timeout: float = 20) -> dict:
     async def poll() -> dict:
         while True:
@@ -313,9 +318,20 @@ async def test_a_killed_master_heals_its_channels_and_the_other_shards_keep_deli
     await watcher.wait_open()
 
     try:
-        roamers, accepted, _ = await run_publisher_through(
-            http, services, channels, lambda: redis_cluster.kill_master(target), after=2.0
+        def kill_and_watch_readiness() -> str:
+            """kill -9 the master; /readyz must say which shard is unreachable until the
+            replica is promoted, then be ready again."""
+            replica = redis_cluster.replica_of(target)
+            target.kill()
+            answer = wait_until(lambda: _unready(services[0]), 10, 0.05, "/readyz to report the dead shard")
+            wait_until(lambda: replica.role() == "master", 30, 0.05, "the replica to be promoted")
+            redis_cluster.wait_ok(30, replicated=False)
+            return str(answer)
+
+        roamers, accepted, unready = await run_publisher_through(
+            http, services, channels, kill_and_watch_readiness, after=2.0
         )
+        assert f"127.0.0.1:{target.port}" in unready, unready
         # Streams on the other shards kept receiving throughout (one connection per shard).
         got_others = [json.loads(e.data) for e in watcher._events if e.type != RESET]
         await watcher.until(lambda c: _markers(c._events) >= set(others), timeout=10)
