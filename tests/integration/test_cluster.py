@@ -14,6 +14,7 @@ import sys
 import httpx
 import pytest
 
+from pushsvc.broker.cluster import slot_of
 from pushsvc.publisher import AsyncPublisher
 from pushsvc.wire import history_key
 from tests.support.cluster import RedisCluster
@@ -398,3 +399,27 @@ async def test_a_failover_that_lost_acknowledged_writes_resets_instead_of_reusin
             replica.resume()
         if not master.alive():
             await asyncio.to_thread(redis_cluster.restart, master)
+
+
+async def test_a_slot_migrating_under_a_busy_channel_loses_nothing_silently_and_duplicates_nothing(
+    redis_cluster, service_factory, http
+):
+    channels = spread_channels(redis_cluster, 6, "mig")
+    busy = channels[0]
+    services = [service_factory(cluster_env(redis_cluster)) for _ in range(2)]
+    for service in services:
+        await ready(http, service)
+    source = redis_cluster.owner(busy)
+    target = next(m for m in redis_cluster.masters() if m.port != source.port)
+
+    roamers, accepted, _ = await run_publisher_through(
+        http, services, channels, lambda: redis_cluster.move_slot(slot_of(busy), target)
+    )
+    assert redis_cluster.owner(busy).port == target.port
+    for roamer in roamers:
+        resets = check_stream(roamer.events, channels, accepted)
+        # The target's replication id differs from the source's, so the migrated channel may
+        # start a new epoch (a reset, never a silent gap); no other channel is touched.
+        assert set(resets) <= {busy}, resets
+        print(f"roamer: reset channels {resets}")
+    await asyncio.to_thread(redis_cluster.move_slot, slot_of(busy), source)

@@ -127,7 +127,8 @@ class RedisCluster:
         def ok() -> bool:
             try:
                 view = self._view()
-                return all(n.cluster_state() == "ok" for n in self.nodes if n.alive()) and len(view) == 3 \
+                return all(n.cluster_state() == "ok" for n in self.nodes if n.alive()) \
+                    and len({master for _, _, master, _ in view}) == 3 \
                     and all(replicas for *_, replicas in view) == replicated
             except redis.RedisError:
                 return False
@@ -190,6 +191,27 @@ class RedisCluster:
         node.start()
         deadline = time.monotonic() + timeout
         self.wait_ok(max(1.0, deadline - time.monotonic()))
+
+    def node_id(self, node: ClusterNode) -> str:
+        with node.client() as client:
+            raw = client.execute_command("CLUSTER MYID")
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    def move_slot(self, slot: int, target: ClusterNode, batch: int = 100) -> ClusterNode:
+        """Migrate one slot (keys included) to `target`, as `redis-cli --cluster reshard`
+        does; returns the former owner."""
+        source = next(self.node(m) for lo, hi, m, _ in self._view() if lo <= slot <= hi)
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        with source.client() as src, target.client() as dst:
+            dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+            src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+            while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, batch):
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+            for master in self.masters():
+                with master.client() as client:
+                    client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+        self.wait_ok()
+        return source
 
     def pubsub_clients(self, node: ClusterNode, name: str = "pushsvc-pubsub") -> int:
         with node.client() as client:
