@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .keys import InvalidKey, load_public_key
+
 
 class ConfigError(ValueError):
     pass
@@ -280,9 +282,10 @@ class Settings:
         if self.jwt_secret is not None and len(self.jwt_secret.encode("utf-8")) < 32:
             raise ConfigError(f"{env_name('jwt_secret')} must be at least 32 bytes (RFC 7518 3.2)")
         if self.jwt_public_key is not None:
-            from .tokens import load_public_key
-
-            load_public_key(self.jwt_public_key)  # ConfigError naming the variable
+            try:
+                load_public_key(self.jwt_public_key)
+            except InvalidKey as exc:
+                raise ConfigError(f"{env_name('jwt_public_key')}: {exc}") from None
         if (self.private_channels and self.jwt_secret is None and self.jwt_public_key is None
                 and self.auth_url is None):
             raise ConfigError(
