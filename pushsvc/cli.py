@@ -10,8 +10,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from .clierrors import check_arguments, explain, http_failure
 from .config import ConfigError, Settings
-from .events import EventError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -45,7 +45,7 @@ def _publish(args: argparse.Namespace) -> int:
             with urllib.request.urlopen(request, timeout=10) as response:
                 print(response.read().decode())
         except urllib.error.HTTPError as exc:
-            print(exc.read().decode(), file=sys.stderr)
+            print(f"pushsvc: {http_failure(exc, request.full_url)}", file=sys.stderr)
             return 1
         return 0
     from .publisher import Publisher
@@ -85,6 +85,8 @@ def _token(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pushsvc", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (anywhere on the command line)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the service under Hypercorn")
@@ -118,12 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:  # accepted after the command too: `pushsvc serve --debug`
+        argv = ["--debug", *(a for a in argv if a != "--debug")]
     args = build_parser().parse_args(argv)
     try:
+        check_arguments(args)
         code: int = args.func(args)
-    except (ConfigError, EventError, ValueError) as exc:
-        print(f"pushsvc: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        message, code = explain(exc, args)
+        print(f"pushsvc: {message}", file=sys.stderr)
     return code
 
 

@@ -83,7 +83,7 @@ CASES = [
     # POST /publish: limits, media type, auth, method
     Case("batch over PUSHSVC_MAX_BATCH", "POST", "/publish", j([{"data": i} for i in range(1001)]),
          status=413, error="batch_too_large"),
-    Case("event over PUSHSVC_MAX_EVENT_BYTES", "POST", "/publish", j({"data": "x" * 70000}), status=413,
+    Case("event over PUSHSVC_MAX_EVENT_BYTES", "POST", "/publish", j({"data": "x" * 300000}), status=413,
          error="event_too_large"),
     Case("body over PUSHSVC_MAX_BODY_BYTES", "POST", "/publish", j({"data": "x" * 1100000}), status=413,
          error="request_entity_too_large"),
