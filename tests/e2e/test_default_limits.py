@@ -4,7 +4,6 @@ room for the envelope)."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from tests.support.helpers import publish
