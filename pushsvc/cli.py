@@ -1,4 +1,4 @@
-"""The `pushsvc` command: serve, publish, token."""
+"""The `pushsvc` command: serve, publish, token, doctor."""
 
 from __future__ import annotations
 
@@ -83,6 +83,13 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import DEFAULT_IDLE_SECONDS, run
+
+    idle = DEFAULT_IDLE_SECONDS if args.idle is None else args.idle
+    return run(args.url, args.token or os.environ.get("PUSHSVC_TOKEN"), idle, args.origin)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pushsvc", description=__doc__)
     parser.add_argument("--debug", action="store_true",
@@ -116,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
     token.add_argument("--sub", default=None, help="optional subject (sub claim)")
     token.set_defaults(func=_token)
+
+    doctor = commands.add_parser(
+        "doctor", help="check a deployment through its public URL (proxy buffering, heartbeats and idle "
+        "timeouts, resume, HTTP version, retry, CORS); exit 0 only when all is well")
+    doctor.add_argument("url", help="the service's public base URL, e.g. https://push.example.com")
+    doctor.add_argument("--token", default=None, help="publish token for the probe events (or PUSHSVC_TOKEN)")
+    doctor.add_argument("--idle", type=float, default=None, metavar="SECONDS",
+                        help="how long an idle stream must survive (default 70, above nginx's 60 s)")
+    doctor.add_argument("--origin", default=None, help="check CORS for a page on this origin")
+    doctor.set_defaults(func=_doctor)
     return parser
 
 
