@@ -289,6 +289,8 @@ class Doctor:
                 lambda: plain.first_byte_at is not None, HELD_BACK_SECONDS)
         finally:
             await plain.close()
+        if plain.response is not None:
+            self.server = plain.response.headers.get("server", "")
         held = f"nothing arrived within {HELD_BACK_SECONDS:g} s of opening the stream with a browser's headers"
         if prompt:
             self.report(FAIL, "buffering", f"{held}, while the same stream without compression "

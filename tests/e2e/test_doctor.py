@@ -87,6 +87,21 @@ def test_all_well_behind_the_shipped_nginx_conf(service_factory, nginx_factory):
     assert_all_well(code, output)
 
 
+def test_an_nginx_that_holds_the_stream_back_is_diagnosed(service_factory, nginx_factory):
+    # Compression with buffering (X-Accel-Buffering ignored, as an intermediate may strip it):
+    # measured here, nothing at all -- not even the response head -- arrives for seconds.
+    def hold_back(conf: str) -> str:
+        assert conf.count("gzip off;") == 1 and conf.count("proxy_buffering off;") == 1
+        return conf.replace("gzip off;", "gzip on; gzip_types text/event-stream;").replace(
+            "proxy_buffering off;", "proxy_buffering on; proxy_ignore_headers X-Accel-Buffering;")
+
+    nginx = nginx_factory(fast_heartbeats(service_factory), edit=hold_back)
+    code, output = doctor(nginx.base, "--token", TOKEN, "--idle", "2", name="nginx-gzip-held-back")
+    assert code == 1, output
+    line = finding(output, "buffering")
+    assert "FAIL" in line and "nothing arrived" in line and "compress" in line and "gzip off;" in line, output
+
+
 def test_an_nginx_that_compresses_the_stream_is_diagnosed(service_factory, nginx_factory):
     def gzip_streams(conf: str) -> str:
         assert conf.count("gzip off;") == 1
