@@ -23,7 +23,7 @@ from .exporter import Exporter
 from .hub import Hub
 from .logs import configure as configure_logging
 from .metrics import Metrics
-from .routes import channels, docs, ops, pages, publish, stream
+from .routes import admin, channels, docs, ops, pages, publish, stream
 from .runtime import Runtime
 
 log = logging.getLogger("pushsvc.app")
@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         cast(Any, app.asgi_app), settings.trusted_proxies
     )
 
-    for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp, channels.bp, docs.bp):
+    for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp, channels.bp, docs.bp, admin.bp):
         app.register_blueprint(blueprint)
 
     @app.before_serving
