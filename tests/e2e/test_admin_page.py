@@ -54,7 +54,14 @@ class Listeners:
         self.ports = [a.port, b.port, b.port]
         self.open = threading.Event()
         self.received: list[Any] = []
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except Exception as exc:  # reported by the test, not as an unhandled thread exception
+            self.errors.append(exc)
 
     async def _run(self) -> None:
         streams = [await SSEClient.open(port, ["news"]) for port in self.ports]
@@ -78,6 +85,7 @@ def test_admin_page_shows_live_data_only_with_a_publish_token(browser_page, serv
     assert listeners.open.wait(20)
     check_admin_page(browser_page, a)
     listeners.thread.join(20)
+    assert not listeners.errors, listeners.errors
     assert [(e.type, e.data) for e in listeners.received] == [("admin-test", '{"hello":"from admin"}')]
 
 
