@@ -36,6 +36,7 @@ PROMPT_SECONDS = 1.0
 DEFAULT_IDLE_SECONDS = 70.0  # above nginx's default proxy_read_timeout (60 s)
 
 OK, NOTE, FAIL = "ok", "note", "FAIL"
+OPENED, HELD_BACK, REFUSED = "opened", "held back", "refused"
 
 
 @dataclass
@@ -220,8 +221,10 @@ class Doctor:
     async def check(self, client: httpx.AsyncClient) -> None:
         stream = Stream(client, self.stream_url(), self.stream_headers())
         try:
-            if not await self.check_opening(stream):
+            opening = await self.check_opening(stream)
+            if opening == HELD_BACK:
                 await self.explain_held_back(client)
+            if opening != OPENED:
                 return
             self.check_cors(stream)
             first_id = await self.check_delivery(stream)
@@ -236,24 +239,29 @@ class Doctor:
             finally:
                 await resumed.close()
 
-    async def check_opening(self, stream: Stream) -> bool:
-        """Status, type, HTTP version, retry; False when the stream is held back or refused."""
+    async def check_opening(self, stream: Stream) -> str:
+        """Status, type, HTTP version, retry: OPENED, HELD_BACK (nothing came in time) or REFUSED."""
         await stream.open(HELD_BACK_SECONDS)
         response = stream.response
         if response is None:
             if stream.error is not None:
                 self.report(FAIL, "stream", f"cannot open {self.stream_url()}: {stream.error}; check the URL "
                             "and that the proxy and pushsvc are running")
-                return False
-            return False  # no answer in time: explain_held_back tells why
+                return REFUSED
+            return HELD_BACK
         self.server = response.headers.get("server", "")
         content_type = response.headers.get("content-type", "")
+        if response.status_code in (401, 403) and content_type.startswith("application/json"):
+            self.report(FAIL, "stream", f"{self.stream_url()} answered {response.status_code}: the probe channel "
+                        f"{self.channel} is private (PUSHSVC_PRIVATE_CHANNELS), and a browser would need a subscriber "
+                        "token; leave channels named doctor-* public to run these checks")
+            return REFUSED
         if response.status_code != 200 or not content_type.startswith("text/event-stream"):
             detail = (await _body_excerpt(stream))
             self.report(FAIL, "stream", f"{self.stream_url()} answered {response.status_code} "
                         f"{content_type or '(no content type)'} {detail}; is this pushsvc's base URL, and does "
                         "the proxy pass /stream to it?")
-            return False
+            return REFUSED
         version = response.http_version
         if version == "HTTP/1.1" or version == "HTTP/1.0":
             self.report(NOTE, "HTTP version", f"{version}: browsers open at most 6 connections per origin "
@@ -261,7 +269,7 @@ class Doctor:
         else:
             self.report(OK, "HTTP version", version)
         if not await stream.wait_for(lambda: stream.first_byte_at is not None, HELD_BACK_SECONDS):
-            return False
+            return HELD_BACK
         await stream.wait_for(lambda: stream.reader.retry_ms is not None, 0.5)
         retry = stream.reader.retry_ms
         if retry is None:
@@ -274,7 +282,7 @@ class Doctor:
             self.report(FAIL, "compression", f"the proxy compresses the stream (Content-Encoding: {encoding}): "
                         "an event then passes only when the proxy flushes its compressor, which it may put off "
                         "until a buffer fills (events late or in bursts); " + self.compression_fix())
-        return True
+        return OPENED
 
     def compression_fix(self) -> str:
         return self.fix("turn compression off for /stream (nginx: `gzip off;` in its location, or drop "

@@ -153,3 +153,13 @@ def test_a_url_where_nothing_listens_is_one_failure_line():
     code, output = doctor(url, "--idle", "1")
     assert code == 1, output
     assert url in finding(output, "stream"), output
+
+
+def test_a_private_probe_channel_is_named_as_the_one_problem(service_factory):
+    from tests.support.jwts import SECRET
+
+    service = service_factory({"PUSHSVC_PRIVATE_CHANNELS": "*", "PUSHSVC_JWT_SECRET": SECRET})
+    code, output = doctor(service.base, "--token", TOKEN, "--idle", "1")
+    assert code == 1, output
+    assert len(failures(output)) == 1, output  # not also blamed on buffering
+    assert "PUSHSVC_PRIVATE_CHANNELS" in finding(output, "stream"), output
