@@ -27,7 +27,7 @@ from .h2fix import correct_hypercorn_h2
 from .hub import Hub
 from .logs import configure as configure_logging
 from .metrics import Metrics
-from .routes import channels, docs, history, ops, pages, publish, stream
+from .routes import admin, channels, docs, history, ops, pages, publish, stream
 from .runtime import Runtime
 
 log = logging.getLogger("pushsvc.app")
@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     )
     correct_hypercorn_h2()  # a stalled HTTP/2 peer must not grow the process (pushsvc/h2fix.py)
 
-    for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp, channels.bp, docs.bp, history.bp):
+    for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp, channels.bp, docs.bp, history.bp, admin.bp):
         app.register_blueprint(blueprint)
 
     @app.before_serving

@@ -133,8 +133,9 @@ class Settings:
         50, _int_range(1, 1000), "Channels one `/stream` may ask for."
     )
     max_event_bytes: int = _setting(
-        64 * 1024, _int_range(64, 16 * 1024 * 1024), "Largest event (its wire JSON) accepted by "
-        "`POST /publish` (413 beyond)."
+        256 * 1024, _int_range(64, 16 * 1024 * 1024), "Largest event accepted by `POST /publish` "
+        "(413 beyond), counted as its stored JSON: the `data` value encoded as JSON (a string's quotes and "
+        "escapes included) plus its `type` and `retry` fields; a 64 KiB string fits with the default."
     )
     max_batch: int = _setting(
         1000, _int_range(1, 100_000), "Most events in one `POST /publish` batch (413 beyond)."

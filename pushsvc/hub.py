@@ -239,6 +239,10 @@ class Hub:
     def channel_count(self) -> int:
         return len(self._channels)
 
+    def channel_names(self) -> list[str]:
+        """Channels this process's streams listen to (the admin page's list)."""
+        return [name for name, state in self._channels.items() if state.subscribers]
+
     def local_subscribers(self, channel: str) -> int:
         state = self._channels.get(channel)
         return 0 if state is None else len(state.subscribers)
