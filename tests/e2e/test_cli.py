@@ -95,6 +95,8 @@ INVALID = {
     "jwt_secret": "too-short", "jwt_public_key": "not a PEM key", "jwt_leeway_seconds": "301",
     "jwt_cookie": "a cookie", "cors_origins": "ftp://example.com", "trusted_proxies": "not-an-ip",
     "log_format": "xml", "log_level": "LOUD", "allow_anonymous_publish": "maybe",
+    "max_retry_ms": "-1", "auth_cache_seconds": "-1", "auth_url": "ftp://app.internal/authorize",
+    "idempotency_seconds": "-1", "write_timeout_seconds": "-1", "auth_timeout_seconds": "0",
 }
 ANY_STRING = {"publish_tokens", "jwt_audience", "jwt_issuer", "metrics_dir"}
 SETTING_NAMES = [f.name for f in fields(Settings)]
