@@ -23,7 +23,7 @@ from .exporter import Exporter
 from .hub import Hub
 from .logs import configure as configure_logging
 from .metrics import Metrics
-from .routes import channels, docs, ops, pages, publish, stream
+from .routes import channels, debug, docs, ops, pages, publish, stream
 from .runtime import Runtime
 
 log = logging.getLogger("pushsvc.app")
@@ -84,6 +84,8 @@ def create_app(settings: Settings | None = None) -> Quart:
 
     for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp, channels.bp, docs.bp):
         app.register_blueprint(blueprint)
+    if settings.debug_gc:
+        app.register_blueprint(debug.bp)
 
     @app.before_serving
     async def start() -> None:

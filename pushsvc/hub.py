@@ -380,7 +380,7 @@ class Hub:
             self.metrics.loop_lag.observe(max(0.0, loop.time() - due))
             try:
                 self._tick(time.monotonic())
-                gcpolicy.on_tick(self.metrics.streams_opened, len(self._subscribers))
+                gcpolicy.on_tick(self.metrics.streams_opened - len(self._subscribers))  # closed streams
             except Exception:  # the ticker must survive anything
                 log.exception("ticker failed")
 
