@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 from multiprocessing.connection import wait as wait_for_sentinels
 from pathlib import Path
 from typing import Any
@@ -175,16 +176,53 @@ def serve(settings: Settings, bind: str, workers: int, config_path: str | None) 
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+#: A worker that exits within this many seconds of its start counts as a fast crash.
+FAST_CRASH_SECONDS = 10.0
+#: After this many fast crashes in a row of one worker slot, the supervisor gives up.
+MAX_FAST_CRASHES = 5
+#: Restart delays: 0.5 s, doubling per fast crash in a row, at most this many seconds.
+MAX_RESTART_DELAY_SECONDS = 30.0
+
+
+class RestartPolicy:
+    """When to restart a worker slot after its worker exited, and when to give up.
+
+    A worker that ran longer than `FAST_CRASH_SECONDS` is restarted at once (a crash after
+    hours of service is not a crash loop); one that exited sooner counts as a fast crash:
+    the next start is delayed exponentially (0.5 s, 1 s, 2 s, ...), and after
+    `MAX_FAST_CRASHES` in a row the supervisor gives up, so a broken deploy exits non-zero
+    instead of restarting a crashing worker forever.
+    """
+
+    def __init__(self) -> None:
+        self.fast_crashes = 0
+
+    def on_exit(self, ran_seconds: float) -> float | None:
+        """The delay before the next start, or None to give up."""
+        if ran_seconds >= FAST_CRASH_SECONDS:
+            self.fast_crashes = 0
+            return 0.0
+        self.fast_crashes += 1
+        if self.fast_crashes >= MAX_FAST_CRASHES:
+            return None
+        return float(min(MAX_RESTART_DELAY_SECONDS, 0.5 * 2.0 ** (self.fast_crashes - 1)))
+
+
 def _supervise(settings: Settings, config_path: str | None, sock: socket.socket, workers: int) -> int:
-    """Start `workers` processes on `sock`, restart any that dies, forward stop signals.
+    """Start `workers` processes on `sock`, restart any that dies (with backoff, see
+    `RestartPolicy`), forward stop signals.
 
     A signal is forwarded to a worker only once it is armed (its own handler installed):
     before that, the default action would kill it uncleanly.
     """
     ctx = multiprocessing.get_context("spawn")
     stop_signal: int | None = None
+    gave_up = False
     processes: list[Any] = []
     armed: list[Any] = []
+    started_at: list[float] = []
+    restart_at: list[float | None] = []
+    policies = [RestartPolicy() for _ in range(workers)]
     signalled: set[int] = set()
 
     def start() -> tuple[Any, Any]:
@@ -204,6 +242,8 @@ def _supervise(settings: Settings, config_path: str | None, sock: socket.socket,
             process, ready = start()
             processes.append(process)
             armed.append(ready)
+            started_at.append(time.monotonic())
+            restart_at.append(None)
     log.info("workers started", extra={"workers": len(processes)})
     while True:
         if stop_signal is not None:
@@ -213,16 +253,40 @@ def _supervise(settings: Settings, config_path: str | None, sock: socket.socket,
                         os.kill(process.pid, stop_signal)
                     signalled.add(process.pid)
         alive = [p for p in processes if p.is_alive()]
-        if not alive:
+        waiting = [at for at in restart_at if at is not None]
+        if not alive and (stop_signal is not None or not waiting):
             break
-        wait_for_sentinels([p.sentinel for p in alive], timeout=0.05 if stop_signal else 1.0)
-        if stop_signal is None:
-            for i, process in enumerate(processes):
-                if not process.is_alive():
-                    log.warning("worker exited, restarting", extra={"exitcode": process.exitcode})
+        timeout = 0.05 if stop_signal else 1.0
+        if waiting and stop_signal is None:
+            timeout = max(0.0, min(timeout, min(waiting) - time.monotonic()))
+        wait_for_sentinels([p.sentinel for p in alive], timeout=timeout)
+        if stop_signal is not None:
+            continue
+        now = time.monotonic()
+        for i, process in enumerate(processes):
+            due = restart_at[i]
+            if due is not None:
+                if now >= due:
                     processes[i], armed[i] = start()
+                    started_at[i], restart_at[i] = now, None
+                continue
+            if process.is_alive():
+                continue
+            delay = policies[i].on_exit(now - started_at[i])
+            if delay is None:
+                log.error(
+                    "worker keeps crashing at start-up; giving up",
+                    extra={"exitcode": process.exitcode, "crashes": MAX_FAST_CRASHES,
+                           "within_seconds": FAST_CRASH_SECONDS},
+                )
+                gave_up = True
+                stop_signal = signal.SIGTERM
+                break
+            log.warning("worker exited, restarting",
+                        extra={"exitcode": process.exitcode, "delay_seconds": delay})
+            restart_at[i] = now + delay
     codes = [p.exitcode or 0 for p in processes]
     for process, code in zip(processes, codes, strict=True):
-        if code:
+        if code and not gave_up:
             log.warning("worker exited with an error", extra={"pid": process.pid, "exitcode": code})
-    return 0 if all(code == 0 for code in codes) else 1
+    return 1 if gave_up or any(code != 0 for code in codes) else 0

@@ -8,7 +8,7 @@ import pytest
 
 from pushsvc.config import ConfigError, Settings, settings_markdown
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+CONFIGURATION_DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def test_defaults_without_environment():
@@ -44,7 +44,7 @@ def test_bad_values_stop_start_up_naming_the_variable(name, value):
         Settings.from_env({name: value})
 
 
-def test_readme_lists_every_setting():
-    text = README.read_text()
+def test_configuration_doc_lists_every_setting():
+    text = CONFIGURATION_DOC.read_text()
     start = text.index("<!-- settings:start -->") + len("<!-- settings:start -->")
     assert text[start:text.index("<!-- settings:end -->")].strip() == settings_markdown()
