@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import re
@@ -327,11 +328,13 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
              f"(reconnecting with Last-Event-ID), {args.rate:g} events/s over {args.channels} channels.", ""]
     header = "| t (min) | " + " | ".join(f"{r['label']}: RSS MB | p99 ms" for r in results) + " |"
     lines += [header, "|---|" + "---|---|" * len(results)]
-    minutes = sorted({row["t"] // 60 for r in results for row in r["rows"] if row["t"] % 60 == 0})
-    for minute in minutes:
+    last = max(row["t"] for r in results for row in r["rows"])
+    for minute in range(0, int(last + args.sample_seconds / 2) // 60 + 1):
         cells = []
         for r in results:
-            row = next((row for row in r["rows"] if row["t"] == minute * 60), None)
+            # the sample nearest to the minute (samples drift by a second or so)
+            near = [row for row in r["rows"] if abs(row["t"] - minute * 60) <= args.sample_seconds / 2]
+            row = min(near, key=lambda row: abs(row["t"] - minute * 60)) if near else None
             cells.append(f"{row['rss'] / 2**20:.0f} | {row.get('p99', float('nan')):.0f}" if row else " | ")
         lines.append(f"| {minute} | " + " | ".join(cells) + " |")
     lines += ["", "| | " + " | ".join(r["label"] for r in results) + " |", "|---|" + "---|" * len(results)]
@@ -379,6 +382,7 @@ def main() -> None:
     print("\n" + table)
     if args.output:
         Path(args.output).write_text(table)
+        Path(args.output).with_suffix(".json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
