@@ -122,7 +122,7 @@ async def test_metrics_show_event_loop_lag_garbage_collection_and_process_usage(
     assert first["pushsvc_resident_memory_bytes"] > 10 * 2**20
     assert first["process_resident_memory_bytes"] > 10 * 2**20
     baseline_fds = first["pushsvc_open_fds"]
-    assert baseline_fds == first["process_open_fds"] or abs(baseline_fds - first["process_open_fds"]) <= 2
+    assert abs(baseline_fds - first["process_open_fds"]) <= 2  # one process: the same count, a scrape apart
     streams = [await SSEClient.open(service.port, ["fds"]) for _ in range(8)]
     try:
         for stream in streams:
