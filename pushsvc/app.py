@@ -27,7 +27,7 @@ from .h2fix import correct_hypercorn_h2
 from .hub import Hub
 from .logs import configure as configure_logging
 from .metrics import Metrics
-from .routes import admin, channels, docs, history, ops, pages, publish, stream
+from .routes import admin, channels, debug, docs, history, ops, pages, publish, stream
 from .runtime import Runtime
 
 log = logging.getLogger("pushsvc.app")
@@ -93,6 +93,8 @@ def create_app(settings: Settings | None = None) -> Quart:
 
     for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp, channels.bp, docs.bp, history.bp, admin.bp):
         app.register_blueprint(blueprint)
+    if settings.debug_gc:
+        app.register_blueprint(debug.bp)
 
     @app.before_serving
     async def start() -> None:

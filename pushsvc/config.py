@@ -216,6 +216,10 @@ class Settings:
         None, _opt_str, "Directory where each worker writes its counters every second so that "
         "any worker's `/metrics` reports the sum; `pushsvc serve --workers N` makes one itself."
     )
+    debug_gc: bool = _setting(
+        False, _bool, "Development only: serve `/debug/gc` (live objects, and what the garbage "
+        "collector finds in reference cycles, by type) for leak tests."
+    )
     log_format: str = _setting("text", _choice("text", "json"), "`text` or `json` (one object "
                                "per line).")
     log_level: str = _setting(

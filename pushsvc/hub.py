@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import gcpolicy
 from .broker import Broker, BrokerUnavailable, History
 from .events import EventError, Frame, parse_message
 from .metrics import Metrics
@@ -399,10 +400,14 @@ class Hub:
     # -- ticker ------------------------------------------------------------------------
 
     async def _tick_forever(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            due = loop.time() + self.tick
             await asyncio.sleep(self.tick)
+            self.metrics.loop_lag.observe(max(0.0, loop.time() - due))
             try:
                 self._tick(time.monotonic())
+                gcpolicy.on_tick(self.metrics.streams_opened - len(self._subscribers))  # closed streams
             except Exception:  # the ticker must survive anything
                 log.exception("ticker failed")
 

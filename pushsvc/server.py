@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
-import gc
 import logging
 import multiprocessing
 import os
@@ -31,7 +30,7 @@ from typing import Any
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
-from . import serverconfig
+from . import gcpolicy, serverconfig
 from .accesslog import RedactingLogger
 from .config import ConfigError, Settings
 from .logs import configure as configure_logging
@@ -94,18 +93,9 @@ def hypercorn_config(path: str | None) -> Config:
     return serverconfig.load(serverconfig.locate(path))
 
 
-# Garbage collection was a third of the CPU of a 10,000-stream fan-out (py-spy --native:
-# gc_collect_main 36% of samples): every event wakes 10,000 tasks, transient objects alive
-# at a collection are promoted, and full collections traverse every connection's objects.
-# A larger young-generation threshold lets transients die before they are examined, and
-# objects that live as long as the process (modules, the app) are frozen out of the scans.
-GC_THRESHOLDS = (200_000, 50, 1000)
-
-
 def tune_gc() -> None:
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    """The garbage-collection policy of a served process (why: `pushsvc.gcpolicy`)."""
+    gcpolicy.install()
 
 
 def asgi_app(app: Any) -> Any:
