@@ -13,7 +13,7 @@ from typing import Any, cast
 from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
 
-from . import appauth, cors
+from . import appauth, cors, gcpolicy
 from .asgi import RequestContext
 from .auth import Authority
 from .broker import create_broker
@@ -90,6 +90,9 @@ def create_app(settings: Settings | None = None) -> Quart:
         fast_door, settings.trusted_proxies
     )
     correct_hypercorn_h2()  # a stalled HTTP/2 peer must not grow the process (pushsvc/h2fix.py)
+    # A closed connection freed by reference counting under any server start (plain
+    # `hypercorn` too); `pushsvc serve` adds the collector policy (pushsvc/gcpolicy.py).
+    gcpolicy.release_closed_connections()
 
     for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp, channels.bp, docs.bp, history.bp, admin.bp):
         app.register_blueprint(blueprint)

@@ -100,7 +100,9 @@ async def test_churned_streams_leave_no_connection_objects_behind(churned, http)
     async def settle() -> dict[str, Any]:
         while True:
             state = await debug_gc(http, churned)
-            if connection_objects(state) <= connection_objects(baseline) + 20:
+            # A few connections may still be open (the client's keep-alive ones, ~35 objects
+            # each); the leak left ~35 per closed stream: 87,500 for these 2,500.
+            if connection_objects(state) <= connection_objects(baseline) + 150:
                 return state
             await asyncio.sleep(0.2)
 
