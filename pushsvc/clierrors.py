@@ -81,7 +81,7 @@ def explain(exc: BaseException, args: argparse.Namespace) -> tuple[str, int]:
     if isinstance(exc, ConfigError | EventError):
         return f"{command}: {exc}", USAGE
     if isinstance(exc, IdempotencyConflict):
-        return (f"{command}: this idempotency key was already used for a different event (nothing was "
+        return (f"{command}: this idempotency key was already used for a different request (nothing was "
                 "published); use a new key"), USAGE
     if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthenticationWrongNumberOfArgsError):
         return (f"{command}: Redis at {_redis_url(args)} refused the credentials ({exc}); "
