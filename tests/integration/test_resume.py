@@ -164,7 +164,8 @@ async def test_id_older_than_history_gets_a_reset_event_then_live(service_factor
     try:
         reset = await client.next_event()
         assert reset.type == "pushsvc.reset"
-        assert json.loads(reset.data) == {"reason": "too_old", "channels": ["capped"]}
+        assert json.loads(reset.data) == {"reason": "too_old", "channels": ["capped"],
+                                          "position": reset.last_event_id}
         assert reset.last_event_id.endswith("-60")
         await publish(http, service, {"channel": "capped", "data": "live"})
         live = await client.next_event()
@@ -204,7 +205,9 @@ async def test_lost_history_gets_a_reset_naming_only_that_channel(service_factor
         got = {(first.type, first.data), (second.type, second.data)}
         assert ("message", "kept") in got
         reset = first if first.type == "pushsvc.reset" else second
-        assert json.loads(reset.data) == {"reason": "history_lost", "channels": ["lose"]}
+        data = json.loads(reset.data)
+        assert (data["reason"], data["channels"]) == ("history_lost", ["lose"])
+        assert data["position"] == reset.last_event_id
     finally:
         await client.close()
 
