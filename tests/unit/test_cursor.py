@@ -6,6 +6,7 @@ cursor sends is parsed with the WHATWG rules, as a browser would see it.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 
@@ -15,7 +16,7 @@ import pushsvc.cursor as cursor_module
 from pushsvc.cursor import CLOSE, EXPIRED, OVERFLOW, PING, RECENT_EIDS, End, ReadHistory, Sync
 from pushsvc.metrics import Metrics
 from pushsvc.resume import EMPTY, Position, parse_stream_id
-from tests.support.cursor_driver import Driver, Store, frame, parse_with_eids
+from tests.support.cursor_driver import Driver, Store, parse_with_eids
 
 
 @pytest.fixture(autouse=True)
@@ -116,7 +117,7 @@ def test_replay_goes_in_pages_of_about_one_chunk_and_asks_for_the_next_page_only
         reads.append(store.reads)
         assert len(d.chunks[-1]) <= 64 * 1024 + 10_100  # at most one event beyond the chunk size
     assert [e.data.split(":")[0] for e in d.events] == [str(n) for n in range(100)]
-    assert reads == sorted(reads) and max(b - a for a, b in zip(reads, reads[1:], strict=False)) <= 1
+    assert reads == sorted(reads) and max(b - a for a, b in itertools.pairwise(reads)) <= 1
     assert store.reads >= 100 * 10_000 // (64 * 1024)  # paged, never one whole read
 
 
