@@ -339,3 +339,15 @@ def test_replayed_and_reset_counts_reach_the_metrics():
     d2.sync("a")
     d2.drain()
     assert metrics.resets_sent == 1
+
+
+def test_a_shared_page_that_starts_before_the_position_resends_nothing():
+    """The hub serves several streams one read: a page may start before this stream's position."""
+    store = Store()
+    frames = publish_n(store, "news", 6)
+    d = Driver.open(store, ("news",), resume=[Position(frames[0].epoch, 3)])
+    step = d.cursor.feed(Sync("news", store.position("news")), [])
+    assert isinstance(step, ReadHistory) and step.after_seq == 3
+    out: list[bytes | memoryview] = []
+    assert d.cursor.on_history(store.history("news", 0, None), out, 1 << 20) is None  # read for another stream
+    assert b"".join(out).count(b"data: ") == 3 and b"data: e3" in b"".join(out) and b"data: e2" not in b"".join(out)
