@@ -147,7 +147,7 @@ class Cursor:
         self.parts: list[str] | None = (  # the id's parts: multi-channel streams only
             [Position(e, s).format() for e, s in zip(self.epochs, self.seqs, strict=True)] if multi else None
         )
-        self.recent: dict[str, None] | None = {} if multi else None  # eids sent (multi-channel only)
+        self.recent: dict[str, None] | None = None  # eids sent (multi-channel streams, once one has an eid)
         self.synced = [False] * count
         self.mode = UNREADABLE if unreadable_id else RESUME if resume is not None else FRESH
         self.held: list[Frame] | None = None  # live frames of channels not synced yet
@@ -422,10 +422,12 @@ class Cursor:
             self.delivered += 1
             return 1
         self._set(i, frame.epoch, frame.seq)
-        recent = self.recent
         eid = frame.eid
-        if recent is not None and eid is not None:
-            if eid in recent:
+        if eid is not None:
+            recent = self.recent
+            if recent is None:
+                recent = self.recent = {}
+            elif eid in recent:
                 self.dirty = True  # skipped: only the position moved
                 return 0
             recent[eid] = None
@@ -438,9 +440,12 @@ class Cursor:
 
     def _reset(self, i: int, reason: str, position: Position) -> None:
         self._set(i, position.epoch, position.seq)
+        channel = self.channels[i]
         if self.resets is None:
             self.resets = []
-        self.resets.append((self.channels[i], reason))
+        else:  # one reset per channel: the latest reason
+            self.resets = [(c, r) for c, r in self.resets if c != channel]
+        self.resets.append((channel, reason))
 
     def _emit_resets(self, out: list[bytes | memoryview]) -> None:
         """One `pushsvc.reset` per reason: its channels and the stream id from which live
