@@ -106,6 +106,7 @@ class Driver:
     events: list[Event] = field(default_factory=list)
     chunks: list[bytes] = field(default_factory=list)
     ended: End | None = None
+    shared_slack: int = 0  # pages start this many entries early, as a read shared with other streams may
 
     @classmethod
     def open(cls, store: Store, channels: tuple[str, ...], resume: list[Position] | None = None,
@@ -133,7 +134,8 @@ class Driver:
                         self.queue[:0] = items[k + 1:]
                     break
         if type(step) is ReadHistory:
-            page = self.store.history(step.channel, step.after_seq, step.limit)
+            slack = min(self.shared_slack, step.after_seq)
+            page = self.store.history(step.channel, step.after_seq - slack, step.limit + slack)
             step = cursor.on_history(page, out, cursor.chunk_bytes - sum(len(p) for p in out))
         if type(step) is End:
             self.ended = step

@@ -5,9 +5,9 @@ Hypothesis interleaves publishes (to one or several channels, copies arriving in
 order), connections with any id (none, the last one seen, an old one, one beyond the
 channel's sequence, a garbled one), late subscription confirmations (synced at the read
 position or just before the first live frame), history trims, lost history (a new
-epoch), pub/sub reconnects that lose live frames, slow-consumer cuts, and chunks taken by
-the pump.  After every chunk the bytes are read as a browser would, block by block, and
-checked:
+epoch), pub/sub reconnects that lose live frames, slow-consumer cuts, chunks taken by the
+pump, and history pages that start early (as a read shared with other streams does).
+After every chunk the bytes are read as a browser would, block by block, and checked:
 
 * an event's id moves the channel it came from to that event; any channel moves only over
   events this connection received (never a silent gap), and an event's copies on other
@@ -137,6 +137,7 @@ class CursorModel(RuleBasedStateMachine):
         garbled = text is not None and resume is None
         driver = Driver.open(self.store, channels, resume=resume, unreadable=garbled, chunk_bytes=200,
                              max_items=40, max_bytes=1 << 20)
+        driver.shared_slack = data.draw(st.integers(0, 3))
         seen: list[Position | None] = list(resume) if resume else [None] * len(channels)
         conn = self.conns[slot] = Connection(channels, driver, garbled, seen, fresh=resume is None)
         if synced:
