@@ -5,10 +5,12 @@ The hub is the broker's listener.  Each message is parsed and SSE-encoded once i
 of its channel.  A subscriber whose queue is full is cut (never waited for): its stream
 ends and the browser resumes from history with ``Last-Event-ID``.
 
-Per channel the hub tracks whether the broker subscription is confirmed ("synced") and
-the channel's latest position; when a subscription is (re)confirmed it reads the
+Per channel the hub keeps a `hub_state.ChannelSync` (the subscription's named state and
+the channel's latest position); when a subscription is (re)confirmed it decides the sync
 position once and tells every subscriber with a `Sync` item, so streams catch up from
-history exactly when a gap is possible -- at start and after a reconnect.
+history exactly when a gap is possible -- at start and after a reconnect.  History reads
+for catch-ups go through `Hub.history`, one page at a time, shared by the streams that
+need the same page at once.
 
 One ticker task serves every stream: heartbeats for idle ones, token expiry, and
 unsubscribing channels that nobody has listened to for `linger_seconds`.
