@@ -10,20 +10,24 @@ import tempfile
 from pathlib import Path
 from typing import Any, cast
 
-from quart import Quart, Response, jsonify
+from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
 
-from . import cors
+from . import appauth, cors
 from .asgi import RequestContext
 from .auth import Authority
 from .broker import create_broker
 from .config import Settings
+from .core import streams
+from .core.errors import JSON_TYPE, render_error
 from .errors import ApiError, from_http_exception, internal_error
 from .exporter import Exporter
+from .fastpath import FastPath
+from .h2fix import correct_hypercorn_h2
 from .hub import Hub
 from .logs import configure as configure_logging
 from .metrics import Metrics
-from .routes import channels, docs, ops, pages, publish, stream
+from .routes import admin, channels, docs, history, ops, pages, publish, stream
 from .runtime import Runtime
 
 log = logging.getLogger("pushsvc.app")
@@ -71,18 +75,23 @@ def create_app(settings: Settings | None = None) -> Quart:
         history_ttl_seconds=settings.history_ttl_seconds,
         **({"timeout_seconds": settings.redis_timeout_seconds} if settings.redis_url else {}),
     )
-    hub = Hub(broker, metrics, keepalive_seconds=settings.keepalive_seconds)
+    hub = Hub(broker, metrics, keepalive_seconds=settings.keepalive_seconds,
+              write_timeout_seconds=settings.write_timeout_seconds)
     rt = app.extensions["pushsvc"] = Runtime(settings, broker, hub, metrics)
     app.extensions["pushsvc.auth"] = Authority(settings)
     cors.install(app, settings.cors_origins)
+    appauth.install(app, settings, metrics, streams.over_capacity_body, streams.STREAM_HEADERS)
     exporter = app.extensions["pushsvc.exporter"] = Exporter(rt)
     guard = SingleProcessGuard()
-    # Pure ASGI (never buffers a body): real client address, request ids, access log.
+    # The ASGI chain, whatever serves the app: RequestContext (pure ASGI, never buffers a
+    # body: real client address, request ids, access log) -> the fast door -> Quart's own.
+    fast_door = app.extensions["pushsvc.fastpath"] = FastPath(cast(Any, app.asgi_app), app)
     app.asgi_app = RequestContext(  # type: ignore[method-assign, assignment]
-        cast(Any, app.asgi_app), settings.trusted_proxies
+        fast_door, settings.trusted_proxies
     )
+    correct_hypercorn_h2()  # a stalled HTTP/2 peer must not grow the process (pushsvc/h2fix.py)
 
-    for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp, channels.bp, docs.bp):
+    for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp, channels.bp, docs.bp, history.bp, admin.bp):
         app.register_blueprint(blueprint)
 
     @app.before_serving
@@ -105,10 +114,8 @@ def create_app(settings: Settings | None = None) -> Quart:
 
     @app.errorhandler(ApiError)
     async def api_error(error: ApiError) -> Response:
-        response = jsonify(error.body())
-        response.status_code = error.status
-        response.headers.update(error.headers)
-        return response
+        status, headers, body = render_error(error)
+        return Response(body, status, headers, content_type=JSON_TYPE)
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:

@@ -17,6 +17,7 @@ that does not allow the channel.  Nothing here logs a token.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import time
 from collections.abc import Iterable, Sequence
@@ -156,6 +157,30 @@ class Authority:
         if self.verifier is None:
             raise _unauthorized("the publish token is not valid")
         return PublishScope(self._verify(token).publish)
+
+    def publisher_identity(self, authorization: str | None) -> str:
+        """The scope of a publisher's idempotency keys: a digest of its static token, its
+        JWT's ``sub`` (else of the JWT), or ``a`` when publishing anonymously."""
+        token = bearer_token(authorization)
+        if token is None:
+            return "a"
+        supplied = token.encode("utf-8", "surrogateescape")
+        static = False
+        for candidate in self.static_tokens:  # every candidate, in constant time
+            static |= hmac.compare_digest(supplied, candidate)
+        if static:
+            return "t:" + _digest(token)
+        if self.verifier is not None:
+            try:
+                subject = self.verifier.verify(token).subject
+            except TokenError:  # anonymous publishing with a token that is not one
+                return "a"
+            return "s:" + _digest(subject) if subject else "j:" + _digest(token)
+        return "a"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def authority() -> Authority:

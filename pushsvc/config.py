@@ -14,9 +14,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .keys import InvalidKey, load_public_key
+
 
 class ConfigError(ValueError):
     pass
+
+
+#: How much larger than its wire JSON an event can be as SSE bytes (a newline, 2 bytes
+#: escaped in JSON, becomes ``\ndata: `` -- 7 bytes -- in the stream), rounded up.
+FRAME_EXPANSION = 4
 
 
 def _str(value: str) -> str:
@@ -126,11 +133,19 @@ class Settings:
         50, _int_range(1, 1000), "Channels one `/stream` may ask for."
     )
     max_event_bytes: int = _setting(
-        64 * 1024, _int_range(64, 16 * 1024 * 1024), "Largest event (its wire JSON) accepted by "
-        "`POST /publish` (413 beyond)."
+        256 * 1024, _int_range(64, 16 * 1024 * 1024), "Largest event accepted by `POST /publish` "
+        "(413 beyond), counted as its stored JSON: the `data` value encoded as JSON (a string's quotes and "
+        "escapes included) plus its `type` and `retry` fields; a 64 KiB string fits with the default."
     )
     max_batch: int = _setting(
         1000, _int_range(1, 100_000), "Most events in one `POST /publish` batch (413 beyond)."
+    )
+    max_retry_ms: int = _setting(
+        60000, _int_range(0, 3_600_000), "Largest per-event `retry` a publisher may set (400 beyond)."
+    )
+    idempotency_seconds: int = _setting(
+        300, _int_range(1, 7 * 86400), "How long an `Idempotency-Key` (or `idempotency_key`) is "
+        "remembered: a repeat within it stores nothing new and answers the original ids."
     )
     max_body_bytes: int = _setting(
         1024 * 1024, _int_range(1024, 256 * 1024 * 1024), "Largest `POST /publish` body (413)."
@@ -142,6 +157,11 @@ class Settings:
     send_buffer_bytes: int = _setting(
         262144, _int_range(0, 64 * 1024 * 1024), "`SO_SNDBUF` of accepted sockets (`pushsvc serve`): "
         "bounds the kernel memory and copying spent on a peer that stops reading (0: kernel autotuning)."
+    )
+    write_timeout_seconds: float = _setting(
+        30.0, _float_range(0, 86400), "A stream whose pending write has not completed after this "
+        "long is ended (reason `write_timeout`) and its queue and session released, without waiting "
+        "for `TCP_USER_TIMEOUT` (0: no deadline)."
     )
     drain_seconds: float = _setting(
         2.0, _float_range(0, 300), "On SIGTERM, how long `pushsvc serve` waits for streams to "
@@ -169,6 +189,19 @@ class Settings:
     jwt_cookie: str = _setting(
         "pushsvc_token", _str, "Cookie read for a subscriber JWT (after `Authorization: Bearer`, "
         "before `?token=`)."
+    )
+    # -- the app authorises subscribers (issue 15) --
+    auth_url: str | None = _setting(
+        None, _opt_str, "URL of the app's authorisation callback: a stream asking for private channels "
+        "without a JWT is authorised by a `POST` there (see Private channels)."
+    )
+    auth_timeout_seconds: float = _setting(
+        2.0, _float_range(0.05, 60), "Bound on one call to `PUSHSVC_AUTH_URL`; no answer in time is a "
+        "refusal for now (the stream gets a jittered `retry:` and ends)."
+    )
+    auth_cache_seconds: float = _setting(
+        0.0, _float_range(0, 86400), "How long an app's \"allowed\" is reused per (credentials, "
+        "channel) (0: every stream asks the app)."
     )
     cors_origins: tuple[str, ...] = _setting(
         (), _list, "Comma-separated exact origins (`https://app.example.com`) allowed to read "
@@ -213,11 +246,30 @@ class Settings:
                 f"{env_name('redis_url')} must start with redis://, rediss:// or unix://"
             )
         self._validate_security()
+        self._validate_bounds()
+
+    def _validate_bounds(self) -> None:
+        """Settings that each parse but contradict each other: name both."""
         if self.max_event_bytes > self.max_body_bytes:
             raise ConfigError(
-                f"{env_name('max_event_bytes')} must not exceed {env_name('max_body_bytes')}"
+                f"{env_name('max_event_bytes')}={self.max_event_bytes} must not exceed "
+                f"{env_name('max_body_bytes')}={self.max_body_bytes}: such an event could never be sent"
             )
-
+        need = FRAME_EXPANSION * self.max_event_bytes
+        if self.queue_bytes < need:
+            raise ConfigError(
+                f"{env_name('queue_bytes')}={self.queue_bytes} is too small for "
+                f"{env_name('max_event_bytes')}={self.max_event_bytes}: one accepted event can take up "
+                f"to {FRAME_EXPANSION}x its size in a stream ('data: ' on every line), so it would cut "
+                f"every subscriber; set {env_name('queue_bytes')} to at least {need} or lower "
+                f"{env_name('max_event_bytes')}"
+            )
+        if self.max_batch > self.queue_size:
+            raise ConfigError(
+                f"{env_name('max_batch')}={self.max_batch} exceeds {env_name('queue_size')}="
+                f"{self.queue_size}: one accepted batch to a channel would overflow the queue of every "
+                f"subscriber of it; lower {env_name('max_batch')} or raise {env_name('queue_size')}"
+            )
 
     def _validate_security(self) -> None:
         from .patterns import PATTERN_RE
@@ -231,14 +283,18 @@ class Settings:
         if self.jwt_secret is not None and len(self.jwt_secret.encode("utf-8")) < 32:
             raise ConfigError(f"{env_name('jwt_secret')} must be at least 32 bytes (RFC 7518 3.2)")
         if self.jwt_public_key is not None:
-            from .tokens import load_public_key
-
-            load_public_key(self.jwt_public_key)  # ConfigError naming the variable
-        if self.private_channels and self.jwt_secret is None and self.jwt_public_key is None:
+            try:
+                load_public_key(self.jwt_public_key)
+            except InvalidKey as exc:
+                raise ConfigError(f"{env_name('jwt_public_key')}: {exc}") from None
+        if (self.private_channels and self.jwt_secret is None and self.jwt_public_key is None
+                and self.auth_url is None):
             raise ConfigError(
-                f"{env_name('private_channels')} is set but no key verifies tokens: set "
-                f"{env_name('jwt_secret')} or {env_name('jwt_public_key')}"
+                f"{env_name('private_channels')} is set but nothing authorises subscribers: set "
+                f"{env_name('jwt_secret')}, {env_name('jwt_public_key')} or {env_name('auth_url')}"
             )
+        if self.auth_url is not None and not self.auth_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{env_name('auth_url')} must be an http:// or https:// URL")
         if not _COOKIE_NAME_RE.fullmatch(self.jwt_cookie):
             raise ConfigError(f"{env_name('jwt_cookie')}={self.jwt_cookie!r} is not a cookie name")
         if "*" in self.cors_origins and len(self.cors_origins) > 1:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from quart import Quart, Response, jsonify, request
 
-PREFLIGHT = {"/publish": "POST", "/stream": "GET"}
+PREFLIGHT = {"/publish": "POST", "/stream": "GET", "/history": "GET"}
 ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID"
 MAX_AGE_SECONDS = "600"
 

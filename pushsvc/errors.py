@@ -1,33 +1,13 @@
-"""HTTP errors as small named exceptions, turned into JSON answers in one place: `app.py`'s
-error handlers (and `fastpath.py`, which answers ``POST /publish`` without Quart) render
-them as ``{"error", "detail"}`` with their status and extra headers."""
+"""werkzeug's HTTP errors (404, 405, 408, 413 ...) as pushsvc's `ApiError`; `ApiError` itself
+and its renderer live in the framework-free `pushsvc.core.errors` (re-exported here)."""
 
 from __future__ import annotations
 
 from werkzeug.exceptions import HTTPException
 
+from .core.errors import INTERNAL_ERROR_CODE, INTERNAL_ERROR_DETAIL, ApiError, internal_error
 
-class ApiError(Exception):
-    status = 400
-
-    def __init__(
-        self, code: str, detail: str, status: int | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-        if status is not None:
-            self.status = status
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, str]:
-        return {"error": self.code, "detail": self.detail}
-
-
-#: What an unexpected exception becomes (after it has been logged).
-INTERNAL_ERROR_CODE = "internal_error"
-INTERNAL_ERROR_DETAIL = "an unexpected error occurred"
+__all__ = ["INTERNAL_ERROR_CODE", "INTERNAL_ERROR_DETAIL", "ApiError", "from_http_exception", "internal_error"]
 
 
 def from_http_exception(error: HTTPException) -> ApiError:
@@ -38,7 +18,3 @@ def from_http_exception(error: HTTPException) -> ApiError:
     if error.code == 405 and valid_methods:
         headers["Allow"] = ", ".join(valid_methods)
     return ApiError(code, error.description or error.name, error.code or 500, headers)
-
-
-def internal_error() -> ApiError:
-    return ApiError(INTERNAL_ERROR_CODE, INTERNAL_ERROR_DETAIL, 500)

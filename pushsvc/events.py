@@ -1,12 +1,10 @@
-"""The `Event` value, its validation, and its wire format in Redis.
+"""The `Event` value and its validation (one function for every door: `POST /publish`,
+`pushsvc.publisher`, `pushsvc publish`), and the parsing of received messages into frames.
 
-Wire format (one JSON object per pub/sub message and per history entry), compatible with
-flask-sse: ``{"data": <any JSON>, "type": <str|null>, "retry": <int|null>}``.  Events that
-pushsvc itself published carry one more member, appended by the publish script:
-``"pushsvc": [<seq>, "<epoch>"]`` -- the channel's sequence number and history epoch.
-A message without it (a plain ``PUBLISH`` by flask-sse or redis-cli) is delivered live
-but has no id and no history.  A foreign ``"id"`` member is ignored on purpose: pushsvc
-ids are resume positions, and an id the service did not assign would break resume.
+The wire format itself (envelope, positions, names) is `pushsvc.wire`'s.  A message read
+from a channel's public pub/sub name (a plain ``PUBLISH`` by flask-sse or redis-cli) is
+*untrusted*: delivered live without an id, whatever members it carries.  A foreign
+``"id"`` member is always ignored: pushsvc ids are resume positions.
 
 Nothing here does I/O.
 """
@@ -19,15 +17,21 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from . import sse
+from . import sse, wire
+from .wire import RESERVED_PREFIX, dumps, seal
+from .wire import message_prefix as wire_prefix
+
+__all__ = ["dumps", "seal", "wire_prefix"]  # re-exported for older importers
 
 CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-.:@/]{1,200}")
 EVENT_TYPE_RE = re.compile(r"[A-Za-z0-9_\-.:@/]{1,100}")
-EPOCH_RE = re.compile(r"[a-z0-9]{8}")
+IDEMPOTENCY_KEY_RE = re.compile(r"[A-Za-z0-9_\-.:@/+=]{1,200}")
 DEFAULT_CHANNEL = "sse"
-RESERVED_PREFIX = "pushsvc:"  # pushsvc's own Redis channels (pushsvc:control)
-MAX_RETRY_MS = 24 * 3600 * 1000
+RESERVED_TYPE_PREFIX = "pushsvc."  # pushsvc.reset, pushsvc.token_expired ...
+DEFAULT_MAX_RETRY_MS = 60_000
+MAX_RETRY_MS = 3_600_000  # what a received message may carry (PUSHSVC_RETRY_MS's bound)
 MAX_JSON_DEPTH = 64
+MAX_CHANNELS_PER_EVENT = 100
 
 
 class EventError(ValueError):
@@ -61,14 +65,25 @@ def check_event_type(value: object) -> str | None:
             "invalid_type",
             "event type must be 1 to 100 letters, digits or _ - . : @ / (no spaces, CR or LF)",
         )
+    if value.startswith(RESERVED_TYPE_PREFIX):
+        raise EventError("invalid_type", f"event types starting with {RESERVED_TYPE_PREFIX!r} are reserved")
     return value
 
 
-def check_retry(value: object) -> int | None:
+def check_retry(value: object, limit: int = MAX_RETRY_MS) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRY_MS:
-        raise EventError("invalid_retry", f"retry must be an integer from 0 to {MAX_RETRY_MS} ms")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+        raise EventError("invalid_retry", f"retry must be an integer from 0 to {limit} ms")
+    return value
+
+
+def check_idempotency_key(value: object) -> str:
+    if not isinstance(value, str) or IDEMPOTENCY_KEY_RE.fullmatch(value) is None:
+        raise EventError(
+            "invalid_idempotency_key",
+            "an idempotency key is 1 to 200 letters, digits or _ - . : @ / + =",
+        )
     return value
 
 
@@ -84,12 +99,11 @@ def _finite_float(text: str) -> float:
 
 
 def loads(raw: bytes | str) -> Any:
-    """Strict JSON: no NaN/Infinity (a browser's JSON.parse would choke on them)."""
+    """Strict JSON: UTF-8 only (json.loads would take UTF-16/32 bytes), no NaN/Infinity
+    (a browser's JSON.parse would choke on them)."""
+    if isinstance(raw, bytes | bytearray | memoryview):
+        raw = bytes(raw).decode("utf-8")  # UnicodeDecodeError is a ValueError
     return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def _depth_ok(value: Any, limit: int) -> bool:
@@ -108,6 +122,15 @@ def _depth_ok(value: Any, limit: int) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """What a publisher may send (the settings' values; the defaults are theirs)."""
+
+    max_event_bytes: int = 64 * 1024
+    max_retry_ms: int = DEFAULT_MAX_RETRY_MS
+    max_channels: int = MAX_CHANNELS_PER_EVENT
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """One event to publish on one or more channels."""
 
@@ -115,55 +138,55 @@ class Event:
     data: Any
     type: str | None = None
     retry: int | None = None
+    idempotency_key: str | None = None  # the per-event key (`idempotency_key` field)
 
     def message_prefix(self) -> bytes:
         """The wire JSON without its closing brace; the publish step appends the position."""
-        return wire_prefix(self.data, self.type, self.retry)
+        return wire.message_prefix(self.data, self.type, self.retry)
 
 
-def wire_prefix(data: Any, type_: str | None, retry: int | None) -> bytes:
-    parts = ['{"data":', dumps(data)]
-    if type_ is not None:
-        parts += [',"type":', dumps(type_)]
-    if retry is not None:
-        parts += [',"retry":', str(retry)]
-    return "".join(parts).encode("utf-8")
+EVENT_FIELDS = frozenset({"channel", "data", "type", "retry", "idempotency_key"})
 
 
-def seal(prefix: bytes, seq: int, epoch: str) -> bytes:
-    """Close a wire prefix with its position: the same bytes the Lua publish script builds."""
-    return prefix + b',"pushsvc":[%d,"%s"]}' % (seq, epoch.encode("ascii"))
-
-
-def event_from_json(obj: object, max_event_bytes: int) -> Event:
-    """Validate one published event object (the body of POST /publish or one batch item)."""
+def event_from_json(obj: object, limits: Limits | int) -> Event:
+    """Validate one published event object (the body of POST /publish, one batch item, or
+    what `pushsvc.publisher` was given): the one validation every door applies."""
+    if isinstance(limits, int):
+        limits = Limits(max_event_bytes=limits)
     if not isinstance(obj, dict):
         raise EventError("invalid_event", "each event must be a JSON object")
-    unknown = set(obj) - {"channel", "data", "type", "retry"}
+    unknown = set(obj) - EVENT_FIELDS
     if unknown:
-        raise EventError("invalid_event", f"unknown field(s): {', '.join(sorted(unknown))}")
+        raise EventError("invalid_event", f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
     if "data" not in obj:
         raise EventError("invalid_event", "field 'data' is required")
     raw_channels = obj.get("channel", DEFAULT_CHANNEL)
-    if isinstance(raw_channels, list):
+    if isinstance(raw_channels, list | tuple):
         if not raw_channels:
             raise EventError("invalid_channel", "channel list must not be empty")
-        if len(raw_channels) > 100:
-            raise EventError("invalid_channel", "at most 100 channels per event")
+        if len(raw_channels) > limits.max_channels:
+            raise EventError("invalid_channel", f"at most {limits.max_channels} channels per event")
         channels = tuple(dict.fromkeys(check_channel(c) for c in raw_channels))
     else:
         channels = (check_channel(raw_channels),)
     if not _depth_ok(obj["data"], MAX_JSON_DEPTH):
         raise EventError("invalid_data", f"data is nested deeper than {MAX_JSON_DEPTH} levels")
-    event = Event(channels, obj["data"], check_event_type(obj.get("type")), check_retry(obj.get("retry")))
+    key = obj.get("idempotency_key")
+    event = Event(
+        channels, obj["data"], check_event_type(obj.get("type")),
+        check_retry(obj.get("retry"), limits.max_retry_ms),
+        None if key is None else check_idempotency_key(key),
+    )
     try:
         size = len(event.message_prefix())
     except UnicodeEncodeError:
         raise EventError("invalid_data", "data contains invalid unicode (lone surrogates)") from None
-    except ValueError as exc:  # NaN/Infinity in data built by a caller of the Python API
-        raise EventError("invalid_data", str(exc)) from None
-    if size > max_event_bytes:
-        raise EventError("event_too_large", f"event is {size} bytes, the limit is {max_event_bytes}")
+    except RecursionError:
+        raise EventError("invalid_data", f"data is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except (ValueError, TypeError) as exc:  # NaN, sets, objects... from a Python API caller
+        raise EventError("invalid_data", f"data is not JSON: {exc}") from None
+    if size > limits.max_event_bytes:
+        raise EventError("event_too_large", f"event is {size} bytes, the limit is {limits.max_event_bytes}")
     return event
 
 
@@ -202,20 +225,13 @@ def parse_message(channel: str, payload: bytes, trusted: bool = True) -> Frame:
         body = sse.encode_event(data if isinstance(data, str) else dumps(data), type_, retry)
     except (UnicodeEncodeError, ValueError):
         raise EventError("invalid_message", "message data cannot be encoded") from None
-    position = obj.get("pushsvc") if trusted else None
-    if position is None:
+    member = obj.get(wire.ENVELOPE_MEMBER) if trusted else None
+    if member is None:
         return Frame(channel, None, 0, body, body)
-    if (
-        not isinstance(position, list)
-        or len(position) != 2
-        or isinstance(position[0], bool)
-        or not isinstance(position[0], int)
-        or position[0] < 1
-        or not isinstance(position[1], str)
-        or EPOCH_RE.fullmatch(position[1]) is None
-    ):
-        raise EventError("invalid_message", "message has a malformed pushsvc position")
-    seq, epoch = position[0], position[1]
-    id_line = b"id: %s-%d\n" % (epoch.encode("ascii"), seq)
-    single = id_line + body
-    return Frame(channel, epoch, seq, memoryview(single)[len(id_line):], single)
+    try:
+        seq, epoch, eid = wire.read_position(member)
+    except wire.EnvelopeError as exc:
+        raise EventError("invalid_message", str(exc)) from None
+    line = wire.id_line(epoch, seq)
+    single = line + body
+    return Frame(channel, epoch, seq, memoryview(single)[len(line):], single, eid)

@@ -54,8 +54,13 @@ COUNTER_HELP = {
     "invalid_messages": "Broker messages dropped because they could not be parsed.",
     "slow_consumer_disconnects": "Streams ended because their queue overflowed.",
     "catch_up_failures": "Streams ended because history could not be read.",
+    "write_timeouts": "Streams ended because a write stayed pending for PUSHSVC_WRITE_TIMEOUT_SECONDS.",
     "publish_failures": "POST /publish answered 503 because the broker was unavailable.",
     "redis_reconnects": "Times the Redis pub/sub connection was lost and re-established.",
+    "auth_calls": "Calls to the app's authorisation callback (PUSHSVC_AUTH_URL).",
+    "auth_denials": "Subscriptions the app refused (401/403, or a channel left out).",
+    "auth_errors": "Callback calls that failed (unreachable, timeout, unexpected answer): refused for now.",
+    "auth_cache_hits": "Subscriptions allowed from the cache without calling the app.",
 }
 GAUGE_HELP = {
     "open_streams": "Streams open now.",

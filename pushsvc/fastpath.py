@@ -1,20 +1,21 @@
-"""A thin pure-ASGI step in front of Quart that serves public ``GET /stream`` and plain
-``POST /publish`` itself.
+"""The fast door: a thin pure-ASGI app in front of Quart, mounted by `create_app` itself
+(so `pushsvc serve`, plain ``hypercorn "pushsvc.app:create_app()"`` and the Quart test
+client all run it), that serves ``GET /stream`` and plain ``POST /publish``.
 
 Measured on the 10,000-stream bench (`bench/sse_bench.py`), Quart's per-request machinery
 (request object and context, URL matching, two tasks per request) was most of the cost
-of opening a stream and a third of its memory.  `pushsvc serve` puts this step inside the
-request-context wrapper (`pushsvc.asgi`: request ids, access log) and in front of Quart.
-It answers ``GET /stream`` when the request is plain -- valid public channels, no CORS
-configured -- with the same `new_session` and the same `StreamSession` as the Quart route;
-anything else (private channels and their tokens, CORS, every error answer) is handed to
-Quart untouched, so those answers stay exactly the route's.
+of opening a stream and a third of its memory.  The ASGI chain is
+``RequestContext`` (`pushsvc.asgi`: request ids, access log) -> this -> Quart's own.
+
+``GET /stream`` on public channels (no CORS configured) is answered here with the core's
+`stream_request`, `requested_channels`, `new_session` and `pump` -- the code the Quart route
+runs -- and every error with the core's one renderer; private channels (their tokens need
+cookies) and every request when CORS is configured go to the Quart route.
 
 ``POST /publish`` (Quart was ~40% of a single-event publish): answered here when the
 request is plain -- no CORS configured, no ``Origin`` header, a ``Content-Length`` no larger
-than ``PUSHSVC_MAX_BODY_BYTES`` -- by the same `publish_request` as the Quart route, and
-every ApiError rendered as `app.py` renders it (the same JSON bytes: Quart's compact,
-sorted ``json.dumps`` plus a newline; the same status and headers).  Anything else (chunked
+than ``PUSHSVC_MAX_BODY_BYTES`` -- by the core's `publish_request`, every ApiError rendered
+by the core's renderer (as `app.py`'s handlers render them).  Anything else (chunked
 bodies, oversized ones, CORS) goes to Quart.  The body is read within Quart's
 ``BODY_TIMEOUT`` (else 408, as Quart); a client that disconnects mid-body gets nothing, as
 with Quart; any unexpected exception is logged and answered with the JSON 500.
@@ -22,53 +23,55 @@ with Quart; any unexpected exception is logged and answered with the JSON 500.
 Disconnects: Hypercorn does not cancel a bare ASGI app when the peer goes away, it sends
 ``http.disconnect`` through ``receive()``.  So a small watcher awaits ``receive()`` and,
 on disconnect, cancels the stream's task -- what Quart does for its routes -- so the
-session's ``finally`` (removal from the hub) runs at once, idle stream or not.
+pump's ``finally`` (removal from the hub) runs at once, idle stream or not.  A stream the
+hub interrupts (write deadline, overflow while a write is stuck) is cancelled the same way
+and its response simply ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import MutableMapping
 from typing import Any
-from urllib.parse import parse_qsl
 
-import werkzeug.urls  # noqa: F401  (registers the 'werkzeug.url_quote' codec error handler)
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
 from .asgi import RAW_SEND_KEY, STREAM_KEY, Receive, Scope, Send
 from .auth import Authority
-from .errors import ApiError, from_http_exception, internal_error
-from .routes.publish import publish_request
-from .routes.stream import STREAM_HEADERS, new_session, requested_channels
+from .core.errors import JSON_TYPE, ApiError, internal_error, json_bytes, render_error
+from .core.publishing import publish_request
+from .core.streams import PumpedBody, new_session, pump, requested_channels, stream_headers_raw, stream_request
+from .errors import from_http_exception
 from .runtime import Runtime
 from .session import StreamSession
 
-_HEADERS = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in STREAM_HEADERS.items()]
+_HEADERS = stream_headers_raw()
 _END = {"type": "http.response.body", "body": b"", "more_body": False}
-_JSON_HEADER = (b"content-type", b"application/json")
 
 log = logging.getLogger("pushsvc.app")  # where app.py logs unexpected errors
 
 
-def _query(scope: Scope) -> tuple[list[str], str | None]:
-    """(channel values, lastEventId) from the query string, parsed exactly as werkzeug's
-    ``request.args`` (invalid bytes stay percent-encoded); ValueError if it is not UTF-8."""
-    channels: list[str] = []
-    last_id: str | None = None
-    query = scope.get("query_string", b"").decode()
-    for key, value in parse_qsl(query, keep_blank_values=True, errors="werkzeug.url_quote"):
-        if key == "channel":
-            channels.append(value)
-        elif key == "lastEventId" and last_id is None:
-            last_id = value
-    return channels, last_id
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
+def _pumping(send: Send, raw_send: Send) -> Send:
+    """Quart's ``send`` for a ``GET /stream`` it answers: the route's `PumpedBody` is written
+    by the one stream pump, with the server's own ``send`` (as the fast door's streams)."""
+
+    async def send_or_pump(message: MutableMapping[str, Any]) -> None:
+        body = message.get("body")
+        if type(body) is PumpedBody:
+            await pump(body.session, raw_send)
+        else:
+            await send(message)
+
+    return send_or_pump
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -80,12 +83,13 @@ class _Disconnected(Exception):
     """The client went away before its whole body arrived."""
 
 
-def _publish_headers(scope: Scope, max_body: int) -> tuple[str | None, str | None] | None:
-    """(Authorization, Content-Type) of a plain publish request -- the first of each, as
+def _publish_headers(scope: Scope, max_body: int) -> tuple[str | None, str | None, str | None] | None:
+    """(Authorization, Content-Type, Idempotency-Key) of a plain publish request -- the first of each, as
     werkzeug's ``headers.get``; with a Content-Length within `max_body` -- or None to let
     Quart answer it."""
     authorization: str | None = None
     content_type: str | None = None
+    idempotency_key: str | None = None
     length = -1
     for key, value in scope["headers"]:
         key = key.lower()
@@ -95,6 +99,9 @@ def _publish_headers(scope: Scope, max_body: int) -> tuple[str | None, str | Non
         elif key == b"content-type":
             if content_type is None:
                 content_type = value.decode("latin-1")
+        elif key == b"idempotency-key":
+            if idempotency_key is None:
+                idempotency_key = value.decode("latin-1")
         elif key == b"content-length":
             if length < 0:
                 if not value.isdigit():
@@ -104,7 +111,7 @@ def _publish_headers(scope: Scope, max_body: int) -> tuple[str | None, str | Non
             return None
     if length < 0 or length > max_body:
         return None
-    return authorization, content_type
+    return authorization, content_type, idempotency_key
 
 
 class FastPath:
@@ -119,18 +126,21 @@ class FastPath:
         self.max_body: int = app.config["MAX_CONTENT_LENGTH"]
         self.body_timeout: float | None = app.config["BODY_TIMEOUT"]
         provider = app.json
-        # Quart's JSON answers: `provider.response()`, compact unless in debug mode.
+        # Quart's JSON answers (`provider.response()`) are `json_bytes` unless in debug mode.
         compact = provider.compact if provider.compact is not None else not app.debug
-        self.dumps = provider.dumps
         self.publish_enabled = self.enabled and compact and isinstance(self.max_body, int)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.enabled and scope["type"] == "http":
             path = scope["path"]
             if path == "/stream" and scope["method"] == "GET":
-                session = self._open(scope)
-                if session is not None:
-                    await self._serve(scope, session, receive, send)
+                try:
+                    opened = self._open(scope)
+                except ApiError as error:
+                    await self._answer(send, *render_error(error))
+                    return
+                if opened is not None:
+                    await self._serve(scope, opened, receive, send)
                     return
             elif path == "/publish" and self.publish_enabled and scope["method"] == "POST":
                 try:
@@ -140,13 +150,20 @@ class FastPath:
                 if plain is not None:
                     await self._publish(plain, receive, send)
                     return
+        if scope["type"] == "http" and not _utf8(scope.get("query_string", b"")):
+            # Quart's URL matching decodes the query string unguarded: it would crash (500).
+            await self._answer(send, *render_error(ApiError("invalid_query", "the query string is not UTF-8")))
+            return
+        if scope["type"] == "http" and scope["path"] == "/stream":
+            send = _pumping(send, scope.get(RAW_SEND_KEY, send))
         await self.inner(scope, receive, send)
 
     # -- POST /publish -------------------------------------------------------------------
 
-    async def _publish(self, plain: tuple[str | None, str | None], receive: Receive, send: Send) -> None:
-        authorization, content_type = plain
-        headers: dict[str, str] = {}
+    async def _publish(
+        self, plain: tuple[str | None, str | None, str | None], receive: Receive, send: Send
+    ) -> None:
+        authorization, content_type, idempotency_key = plain
 
         async def read_body() -> bytes:
             if self.body_timeout is None:
@@ -158,25 +175,28 @@ class FastPath:
                 raise RequestTimeout() from None
 
         try:
-            body, status = await publish_request(self.rt, self.authority, authorization, content_type, read_body)
+            result, status, headers = await publish_request(
+                self.rt, self.authority, authorization, content_type, read_body, idempotency_key
+            )
         except _Disconnected:
             return
         except ApiError as error:
-            body, status, headers = error.body(), error.status, error.headers
+            await self._answer(send, *render_error(error))
         except HTTPException as error:
-            api_error = from_http_exception(error)
-            body, status, headers = api_error.body(), api_error.status, api_error.headers
+            await self._answer(send, *render_error(from_http_exception(error)))
         except Exception:
             log.exception("unexpected error")
-            api_error = internal_error()
-            body, status, headers = api_error.body(), api_error.status, api_error.headers
-        data = self.dumps(body, separators=(",", ":"))
-        encoded = f"{data}\n".encode()
-        start = [_JSON_HEADER, (b"content-length", str(len(encoded)).encode())]
-        for key, value in headers.items():
-            start.append((key.lower().encode(), value.encode()))
+            await self._answer(send, *render_error(internal_error()))
+        else:
+            await self._answer(send, status, headers, json_bytes(result))
+
+    @staticmethod
+    async def _answer(send: Send, status: int, headers: dict[str, str], body: bytes) -> None:
+        """A JSON answer, with the headers Quart would give it."""
+        start = [(b"content-type", JSON_TYPE.encode()), (b"content-length", str(len(body)).encode())]
+        start += [(key.lower().encode(), value.encode()) for key, value in headers.items()]
         await send({"type": "http.response.start", "status": status, "headers": start})
-        await send({"type": "http.response.body", "body": encoded, "more_body": False})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _read_body(self, receive: Receive) -> bytes:
         """The request body: every ``http.request`` message until ``more_body`` is false
@@ -206,22 +226,21 @@ class FastPath:
     # -- GET /stream ---------------------------------------------------------------------
 
     def _open(self, scope: Scope) -> StreamSession | bytes | None:
-        """The session (or over-capacity body), or None to let the Quart route answer."""
-        try:
-            channel_values, query_last_id = _query(scope)
-            channels = requested_channels(channel_values, self.rt.settings.max_channels_per_stream)
-        except (ApiError, ValueError):
-            return None
-        if self.authority.private_of(channels):
-            return None
-        last_id = _header(scope, b"last-event-id") or query_last_id
+        """The session (or over-capacity body), None to let the Quart route answer (private
+        channels), or ApiError."""
+        channel_values, last_id = stream_request(scope.get("query_string", b""), scope["headers"])
+        channels = requested_channels(channel_values, self.rt.settings.max_channels_per_stream)
+        if self.authority.private_of(channels) or b"rewind=" in scope.get("query_string", b""):
+            return None  # tokens, the app's callback and rewind are the Quart route's
         return new_session(self.rt, channels, last_id, None)
 
     async def _serve(self, scope: Scope, opened: StreamSession | bytes, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": list(_HEADERS)})
-        if isinstance(opened, bytes):
+        if isinstance(opened, bytes):  # over capacity: the whole body, with its length (as Quart)
+            length = (b"content-length", str(len(opened)).encode())
+            await send({"type": "http.response.start", "status": 200, "headers": [*_HEADERS, length]})
             await send({"type": "http.response.body", "body": opened, "more_body": False})
             return
+        await send({"type": "http.response.start", "status": 200, "headers": list(_HEADERS)})
         scope[STREAM_KEY] = opened  # the access log reads events sent and the end reason
         task = asyncio.current_task()
         assert task is not None
@@ -237,20 +256,13 @@ class FastPath:
         watcher.add_done_callback(on_disconnect)
         # Body chunks go straight to the server: only the start message needs the wrapper.
         send_body = scope.get(RAW_SEND_KEY, send)
-        opened.start()
         try:
-            chunk, done = await opened.first_chunk()
-            await send_body({"type": "http.response.body", "body": chunk, "more_body": True})
-            while not done:
-                next_chunk, done = await opened.next_chunk()
-                if next_chunk is not None:
-                    await send_body({"type": "http.response.body", "body": next_chunk, "more_body": True})
+            await pump(opened, send_body)
             await send_body(_END)
         except asyncio.CancelledError:
-            if not disconnected:
+            if not disconnected and opened.subscriber.aborted is None:
                 raise
-            task.uncancel()
+            task.uncancel()  # the peer left, or the hub ended a stuck write: just end
         finally:
             watcher.remove_done_callback(on_disconnect)
             watcher.cancel()
-            opened.stop()

@@ -12,7 +12,8 @@ history exactly when a gap is possible -- at start and after a reconnect.  Histo
 for catch-ups go through `Hub.history`, one page at a time, shared by the streams that
 need the same page at once.
 
-One ticker task serves every stream: heartbeats for idle ones, token expiry, and
+One ticker task serves every stream: heartbeats for idle ones, token expiry, the write
+deadline (a stream whose write has been pending for `write_timeout_seconds` is ended), and
 unsubscribing channels that nobody has listened to for `linger_seconds`.
 """
 
@@ -44,6 +45,7 @@ class Subscriber:
     """One stream's bounded queue; filled by the hub, drained by the stream generator."""
 
     __slots__ = (
+        "aborted",
         "channels",
         "cut",
         "expires_at",
@@ -52,7 +54,9 @@ class Subscriber:
         "max_bytes",
         "max_items",
         "nbytes",
+        "task",
         "waiter",
+        "writing_since",
     )
 
     def __init__(
@@ -67,6 +71,11 @@ class Subscriber:
         self.last_write = time.monotonic()
         self.cut = False
         self.expires_at = expires_at
+        # Set by the stream's pump (`pushsvc.core.streams.pump`): the task that writes the
+        # stream, and since when its current write has been pending (0.0: none pending).
+        self.task: asyncio.Task[Any] | None = None
+        self.writing_since = 0.0
+        self.aborted: str | None = None  # why `interrupt` ended the stream
 
     def push(self, frame: Frame) -> bool:
         """Queue a frame; False (and the stream is cut) if the subscriber is over its bound."""
@@ -79,11 +88,23 @@ class Subscriber:
             self.nbytes = 0
             self.items.append(OVERFLOW)
             self._wake()
+            if self.writing_since:  # stuck in a write: it would never read the OVERFLOW
+                self.interrupt("slow_consumer")
             return False
         self.items.append(frame)
         self.nbytes += size
         self._wake()
         return True
+
+    def interrupt(self, reason: str) -> None:
+        """End the stream now, although a write of it is pending: cancel the task waiting
+        on that write (the pump's ``finally`` then releases queue and session).  A pending
+        write never completes while the peer keeps its window at zero, so without this the
+        stream would live until the kernel's TCP_USER_TIMEOUT (if any) dropped the socket."""
+        task = self.task
+        if task is not None and self.aborted is None:
+            self.aborted = reason
+            task.cancel()
 
     def push_control(self, item: Control | Sync) -> None:
         if not self.cut:
@@ -180,12 +201,14 @@ class Hub:
         keepalive_seconds: float = 15.0,
         linger_seconds: float = 2.0,
         tick_seconds: float = 1.0,
+        write_timeout_seconds: float = 0.0,
     ) -> None:
         self.broker = broker
         self.metrics = metrics
         self.keepalive = keepalive_seconds
         self.linger = linger_seconds
         self.tick = min(tick_seconds, keepalive_seconds / 2)
+        self.write_timeout = write_timeout_seconds  # 0: no deadline
         self._channels: dict[str, _Channel] = {}
         self._subscribers: set[Subscriber] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -226,6 +249,10 @@ class Hub:
     @property
     def channel_count(self) -> int:
         return len(self._channels)
+
+    def channel_names(self) -> list[str]:
+        """Channels this process's streams listen to (the admin page's list)."""
+        return [name for name, state in self._channels.items() if state.subscribers]
 
     def local_subscribers(self, channel: str) -> int:
         state = self._channels.get(channel)
@@ -366,7 +393,13 @@ class Hub:
                 log.exception("ticker failed")
 
     def _tick(self, now: float) -> None:
+        timeout = self.write_timeout
         for sub in self._subscribers:
+            if timeout and sub.writing_since and now - sub.writing_since >= timeout and sub.aborted is None:
+                sub.interrupt("write_timeout")
+                self.metrics.write_timeouts += 1
+                log.info("write timed out", extra={"channels": ",".join(sub.channels)})
+                continue
             if sub.expires_at is not None and now >= sub.expires_at:
                 sub.expires_at = None
                 sub.push_control(EXPIRED)

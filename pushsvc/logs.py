@@ -1,12 +1,15 @@
 """Logging: one line per significant event, as text or as one JSON object per line.
 
 `extra={...}` fields are kept as structured fields; tokens and payloads are never logged.
+The text format escapes control characters (CR, LF, ESC ...) in the message and in every
+field, so no logged value (a URL path with ``%0a``, a header) can start a forged line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from contextvars import ContextVar
 from typing import Any
@@ -15,6 +18,23 @@ from typing import Any
 request_id_var: ContextVar[str | None] = ContextVar("pushsvc_request_id", default=None)
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def escape_controls(value: object) -> str:
+    """`value` as text on one line: control characters written as ``\\n``, ``\\x1b`` ..."""
+    text = str(value)
+    return _CONTROLS.sub(_escape_one, text) if _CONTROLS.search(text) else text
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -52,11 +72,15 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        values = dict(record.__dict__, message=escape_controls(record.message))
+        return self._fmt % values if self._fmt else values["message"]
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extras = _extras(record)
         if extras:
-            line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+            line += " " + " ".join(f"{escape_controls(k)}={escape_controls(v)}" for k, v in extras.items())
         return line
 
 
@@ -68,3 +92,11 @@ def configure(fmt: str = "text", level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+
+
+def adopt(logger: logging.Logger) -> None:
+    """Give another library's logger (Hypercorn's) the format `configure` set up."""
+    ours = logging.getLogger("pushsvc").handlers
+    if ours and ours[0].formatter is not None:
+        for handler in logger.handlers:
+            handler.setFormatter(ours[0].formatter)

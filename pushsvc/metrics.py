@@ -39,7 +39,13 @@ class Metrics:
     invalid_messages: int = 0
     slow_consumer_disconnects: int = 0
     catch_up_failures: int = 0
+    write_timeouts: int = 0
     publish_failures: int = 0
+    # -- the app's authorisation callback (pushsvc.appauth) --
+    auth_calls: int = 0
+    auth_denials: int = 0
+    auth_errors: int = 0
+    auth_cache_hits: int = 0
     publish_latency: Histogram = field(default_factory=Histogram)
 
     def snapshot(self) -> dict[str, int]:

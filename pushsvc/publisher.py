@@ -8,6 +8,14 @@ get ids and are replayed on reconnect.  The Redis URL comes from ``PUSHSVC_REDIS
 unless a `url` or a `client` is given.  History size and TTL come from
 ``PUSHSVC_HISTORY_SIZE`` / ``PUSHSVC_HISTORY_TTL_SECONDS`` (defaults 1000 / 3600) and must
 match the service's.
+
+Every event goes through the same validation as ``POST /publish`` (`events.event_from_json`:
+size ``PUSHSVC_MAX_EVENT_BYTES``, nesting depth, channel count, reserved types, retry up to
+``PUSHSVC_MAX_RETRY_MS``); a bad one raises `EventError` before anything is sent.  Pass
+``idempotency_key=`` to make a publish safe to repeat within ``PUSHSVC_IDEMPOTENCY_SECONDS``
+(the key's scope is the publisher's own, ``scope="publisher"`` unless given; the service's
+HTTP scopes never meet it).  Without a key, each call still carries an internal token, so
+redis-py's own retry of a call never stores it twice.
 """
 
 from __future__ import annotations
@@ -19,9 +27,13 @@ import redis
 import redis.asyncio as aioredis
 
 from .broker import new_epoch
-from .broker.scripts import PUBLISH_LUA, position_id, publish_args
+from .broker.scripts import PUBLISH_LUA, Idempotency, IdempotencyConflict, calls_for, read_replies
 from .config import Settings
-from .events import Event, EventError, check_channel, check_event_type, check_retry
+from .events import Event, EventError, Limits, check_idempotency_key, event_from_json
+
+__all__ = ["AsyncPublisher", "EventError", "IdempotencyConflict", "Publisher", "apublish", "publish"]
+
+DEFAULT_SCOPE = "publisher"
 
 
 def _url(url: str | None) -> str:
@@ -31,32 +43,35 @@ def _url(url: str | None) -> str:
     return resolved
 
 
-def _event(channel: str | list[str], data: Any, type: str | None, retry: int | None) -> Event:
-    channels = [channel] if isinstance(channel, str) else list(channel)
-    if not channels:
-        raise EventError("invalid_channel", "at least one channel is required")
-    event = Event(
-        tuple(dict.fromkeys(check_channel(c) for c in channels)),
-        data, check_event_type(type), check_retry(retry),
-    )
-    event.message_prefix()  # raises ValueError for data that is not JSON-serialisable
-    return event
-
-
 class _Base:
-    def __init__(self, history_size: int | None, history_ttl_seconds: int | None) -> None:
+    def __init__(self, history_size: int | None, history_ttl_seconds: int | None, scope: str) -> None:
         defaults = Settings.from_env()
         self.history_size = defaults.history_size if history_size is None else history_size
         self.history_ttl_seconds = (
             defaults.history_ttl_seconds if history_ttl_seconds is None else history_ttl_seconds
         )
+        self.limits = Limits(defaults.max_event_bytes, defaults.max_retry_ms)
+        self.window_seconds = defaults.idempotency_seconds
+        self.scope = "p:" + check_idempotency_key(scope)
 
-    def _calls(self, event: Event) -> list[tuple[list[str], list[Any]]]:
-        prefix = event.message_prefix()
-        return [
-            publish_args(channel, prefix, self.history_size, self.history_ttl_seconds, new_epoch())
-            for channel in event.channels
-        ]
+    def _calls(
+        self, channel: str | list[str], data: Any, type: str | None, retry: int | None,
+        idempotency_key: str | None,
+    ) -> list[tuple[list[str], list[Any]]]:
+        fields: dict[str, Any] = {"channel": channel, "data": data}
+        if type is not None:
+            fields["type"] = type
+        if retry is not None:
+            fields["retry"] = retry
+        event: Event = event_from_json(fields, self.limits)
+        idem = None
+        if idempotency_key is not None:
+            idem = Idempotency(self.scope, check_idempotency_key(idempotency_key), self.window_seconds)
+        return calls_for([event], idem, self.history_size, self.history_ttl_seconds, new_epoch)
+
+
+def _ids(reply: Any) -> list[str]:
+    return read_replies([reply])[0][0]
 
 
 class Publisher(_Base):
@@ -65,19 +80,20 @@ class Publisher(_Base):
     def __init__(
         self, url: str | None = None, client: redis.Redis | None = None,
         history_size: int | None = None, history_ttl_seconds: int | None = None,
+        scope: str = DEFAULT_SCOPE,
     ) -> None:
-        super().__init__(history_size, history_ttl_seconds)
+        super().__init__(history_size, history_ttl_seconds, scope)
         self.client = client if client is not None else redis.Redis.from_url(_url(url))
         self._script = self.client.register_script(PUBLISH_LUA)
 
     def publish(
-        self, channel: str | list[str], data: Any, type: str | None = None, retry: int | None = None
+        self, channel: str | list[str], data: Any, type: str | None = None, retry: int | None = None,
+        idempotency_key: str | None = None,
     ) -> list[str]:
-        """Publish one event; returns its id on each channel."""
-        return [
-            position_id(self._script(keys=keys, args=args))
-            for keys, args in self._calls(_event(channel, data, type, retry))
-        ]
+        """Publish one event; returns its id on each channel (the original ids when
+        `idempotency_key` was used before; IdempotencyConflict for another event)."""
+        ((keys, args),) = self._calls(channel, data, type, retry, idempotency_key)
+        return _ids(self._script(keys=keys, args=args))
 
     def close(self) -> None:
         self.client.close()
@@ -89,18 +105,18 @@ class AsyncPublisher(_Base):
     def __init__(
         self, url: str | None = None, client: aioredis.Redis | None = None,
         history_size: int | None = None, history_ttl_seconds: int | None = None,
+        scope: str = DEFAULT_SCOPE,
     ) -> None:
-        super().__init__(history_size, history_ttl_seconds)
+        super().__init__(history_size, history_ttl_seconds, scope)
         self.client = client if client is not None else aioredis.Redis.from_url(_url(url))
         self._script = self.client.register_script(PUBLISH_LUA)
 
     async def publish(
-        self, channel: str | list[str], data: Any, type: str | None = None, retry: int | None = None
+        self, channel: str | list[str], data: Any, type: str | None = None, retry: int | None = None,
+        idempotency_key: str | None = None,
     ) -> list[str]:
-        return [
-            position_id(await self._script(keys=keys, args=args))
-            for keys, args in self._calls(_event(channel, data, type, retry))
-        ]
+        ((keys, args),) = self._calls(channel, data, type, retry, idempotency_key)
+        return _ids(await self._script(keys=keys, args=args))
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -110,22 +126,23 @@ _default: Publisher | None = None
 
 
 def publish(
-    channel: str | list[str], data: Any, type: str | None = None, retry: int | None = None
+    channel: str | list[str], data: Any, type: str | None = None, retry: int | None = None,
+    idempotency_key: str | None = None,
 ) -> list[str]:
     """Publish with a process-wide `Publisher` on ``PUSHSVC_REDIS_URL``."""
     global _default
     if _default is None:
         _default = Publisher()
-    return _default.publish(channel, data, type=type, retry=retry)
+    return _default.publish(channel, data, type=type, retry=retry, idempotency_key=idempotency_key)
 
 
 async def apublish(
     channel: str | list[str], data: Any, type: str | None = None, retry: int | None = None,
-    *, url: str | None = None,
+    *, url: str | None = None, idempotency_key: str | None = None,
 ) -> list[str]:
     """One-shot async publish (opens and closes a client); keep an `AsyncPublisher` for many."""
     publisher = AsyncPublisher(url)
     try:
-        return await publisher.publish(channel, data, type=type, retry=retry)
+        return await publisher.publish(channel, data, type=type, retry=retry, idempotency_key=idempotency_key)
     finally:
         await publisher.aclose()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import gc
 import logging
 import multiprocessing
@@ -23,13 +24,14 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 from multiprocessing.connection import wait as wait_for_sentinels
-from pathlib import Path
 from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
+from . import serverconfig
 from .accesslog import RedactingLogger
 from .config import ConfigError, Settings
 from .logs import configure as configure_logging
@@ -40,10 +42,28 @@ DEFAULT_BIND = "127.0.0.1:8000"
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
+class ListenError(ConfigError):
+    """The listening socket could not be made: names the address and what to do."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        self.address, self.errno = f"{host}:{port}", error.errno
+        if isinstance(error, socket.gaierror):
+            hint = f"{host!r} is not a known host name or IP address; use an address of this machine"
+        elif error.errno == errno.EADDRINUSE:
+            hint = "the port is in use (another pushsvc still running?); stop that process or choose another --bind"
+        elif error.errno == errno.EACCES:
+            hint = "permission denied (ports below 1024 need privileges); choose a port above 1023"
+        elif error.errno == errno.EADDRNOTAVAIL:
+            hint = f"{host} is not an address of this machine; use 127.0.0.1, 0.0.0.0 or one of its own"
+        else:
+            hint = error.strerror or str(error)
+        super().__init__(f"cannot listen on {self.address}: {hint}")
+
+
 def parse_bind(bind: str) -> tuple[str, int]:
     host, sep, port = bind.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--bind {bind!r} must be HOST:PORT")
+        raise ConfigError(f"--bind {bind!r} must be HOST:PORT, e.g. 127.0.0.1:8000 or 0.0.0.0:8000")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -59,17 +79,19 @@ def listen_socket(
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, tcp_user_timeout_ms)
     if send_buffer_bytes:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
-    sock.bind((host, port))
-    sock.listen(backlog)
+    try:
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(host, port, exc) from None
     sock.set_inheritable(True)
     return sock
 
 
 def hypercorn_config(path: str | None) -> Config:
-    if path is None and Path("hypercorn.toml").is_file():
-        path = "hypercorn.toml"
-    config = Config.from_toml(path) if path else Config()
-    return config
+    """`--config PATH`, else ./hypercorn.toml, else the packaged defaults (see serverconfig)."""
+    return serverconfig.load(serverconfig.locate(path))
 
 
 # Garbage collection was a third of the CPU of a 10,000-stream fan-out (py-spy --native:
@@ -87,17 +109,13 @@ def tune_gc() -> None:
 
 
 def asgi_app(app: Any) -> Any:
-    """What Hypercorn serves: the app, with plain ``GET /stream`` and ``POST /publish``
-    answered by the pure-ASGI path (`pushsvc.fastpath`) inside the request-context wrapper
-    (request ids, access log)."""
+    """What Hypercorn serves: the app's ASGI chain (`create_app` mounted the request-context
+    wrapper and the fast door), without the `Quart.__call__` frame above it -- one coroutine
+    less under every request; plain `hypercorn` serves the app itself, the same chain."""
     from .asgi import RequestContext
-    from .fastpath import FastPath
 
     wrapper = app.asgi_app
-    if isinstance(wrapper, RequestContext):
-        wrapper.app = FastPath(wrapper.app, app)
-        return wrapper  # what `Quart.__call__` would call: one coroutine less under every request
-    return app
+    return wrapper if isinstance(wrapper, RequestContext) else app
 
 
 def _new_loop_runner() -> Any:
@@ -167,9 +185,12 @@ def serve(settings: Settings, bind: str, workers: int, config_path: str | None) 
             "between processes"
         )
     host, port = parse_bind(bind)
-    config = hypercorn_config(config_path)
+    source = serverconfig.locate(config_path)
+    config = serverconfig.load(source)
     sock = listen_socket(host, port, settings.tcp_user_timeout_ms, config.backlog, settings.send_buffer_bytes)
-    log.info("listening", extra={"bind": f"{host}:{sock.getsockname()[1]}", "workers": workers})
+    log.info("hypercorn configuration", extra={"config": source.path, "from": source.origin})
+    log.info("listening", extra={"bind": f"{host}:{sock.getsockname()[1]}", "workers": workers,
+                                 "backlog": config.backlog})
     if workers <= 1:
         run_worker(settings, config_path, sock)
         return 0
@@ -184,16 +205,53 @@ def serve(settings: Settings, bind: str, workers: int, config_path: str | None) 
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+#: A worker that exits within this many seconds of its start counts as a fast crash.
+FAST_CRASH_SECONDS = 10.0
+#: After this many fast crashes in a row of one worker slot, the supervisor gives up.
+MAX_FAST_CRASHES = 5
+#: Restart delays: 0.5 s, doubling per fast crash in a row, at most this many seconds.
+MAX_RESTART_DELAY_SECONDS = 30.0
+
+
+class RestartPolicy:
+    """When to restart a worker slot after its worker exited, and when to give up.
+
+    A worker that ran longer than `FAST_CRASH_SECONDS` is restarted at once (a crash after
+    hours of service is not a crash loop); one that exited sooner counts as a fast crash:
+    the next start is delayed exponentially (0.5 s, 1 s, 2 s, ...), and after
+    `MAX_FAST_CRASHES` in a row the supervisor gives up, so a broken deploy exits non-zero
+    instead of restarting a crashing worker forever.
+    """
+
+    def __init__(self) -> None:
+        self.fast_crashes = 0
+
+    def on_exit(self, ran_seconds: float) -> float | None:
+        """The delay before the next start, or None to give up."""
+        if ran_seconds >= FAST_CRASH_SECONDS:
+            self.fast_crashes = 0
+            return 0.0
+        self.fast_crashes += 1
+        if self.fast_crashes >= MAX_FAST_CRASHES:
+            return None
+        return float(min(MAX_RESTART_DELAY_SECONDS, 0.5 * 2.0 ** (self.fast_crashes - 1)))
+
+
 def _supervise(settings: Settings, config_path: str | None, sock: socket.socket, workers: int) -> int:
-    """Start `workers` processes on `sock`, restart any that dies, forward stop signals.
+    """Start `workers` processes on `sock`, restart any that dies (with backoff, see
+    `RestartPolicy`), forward stop signals.
 
     A signal is forwarded to a worker only once it is armed (its own handler installed):
     before that, the default action would kill it uncleanly.
     """
     ctx = multiprocessing.get_context("spawn")
     stop_signal: int | None = None
+    gave_up = False
     processes: list[Any] = []
     armed: list[Any] = []
+    started_at: list[float] = []
+    restart_at: list[float | None] = []
+    policies = [RestartPolicy() for _ in range(workers)]
     signalled: set[int] = set()
 
     def start() -> tuple[Any, Any]:
@@ -213,6 +271,8 @@ def _supervise(settings: Settings, config_path: str | None, sock: socket.socket,
             process, ready = start()
             processes.append(process)
             armed.append(ready)
+            started_at.append(time.monotonic())
+            restart_at.append(None)
     log.info("workers started", extra={"workers": len(processes)})
     while True:
         if stop_signal is not None:
@@ -222,16 +282,40 @@ def _supervise(settings: Settings, config_path: str | None, sock: socket.socket,
                         os.kill(process.pid, stop_signal)
                     signalled.add(process.pid)
         alive = [p for p in processes if p.is_alive()]
-        if not alive:
+        waiting = [at for at in restart_at if at is not None]
+        if not alive and (stop_signal is not None or not waiting):
             break
-        wait_for_sentinels([p.sentinel for p in alive], timeout=0.05 if stop_signal else 1.0)
-        if stop_signal is None:
-            for i, process in enumerate(processes):
-                if not process.is_alive():
-                    log.warning("worker exited, restarting", extra={"exitcode": process.exitcode})
+        timeout = 0.05 if stop_signal else 1.0
+        if waiting and stop_signal is None:
+            timeout = max(0.0, min(timeout, min(waiting) - time.monotonic()))
+        wait_for_sentinels([p.sentinel for p in alive], timeout=timeout)
+        if stop_signal is not None:
+            continue
+        now = time.monotonic()
+        for i, process in enumerate(processes):
+            due = restart_at[i]
+            if due is not None:
+                if now >= due:
                     processes[i], armed[i] = start()
+                    started_at[i], restart_at[i] = now, None
+                continue
+            if process.is_alive():
+                continue
+            delay = policies[i].on_exit(now - started_at[i])
+            if delay is None:
+                log.error(
+                    "worker keeps crashing at start-up; giving up",
+                    extra={"exitcode": process.exitcode, "crashes": MAX_FAST_CRASHES,
+                           "within_seconds": FAST_CRASH_SECONDS},
+                )
+                gave_up = True
+                stop_signal = signal.SIGTERM
+                break
+            log.warning("worker exited, restarting",
+                        extra={"exitcode": process.exitcode, "delay_seconds": delay})
+            restart_at[i] = now + delay
     codes = [p.exitcode or 0 for p in processes]
     for process, code in zip(processes, codes, strict=True):
-        if code:
+        if code and not gave_up:
             log.warning("worker exited with an error", extra={"pid": process.pid, "exitcode": code})
-    return 0 if all(code == 0 for code in codes) else 1
+    return 1 if gave_up or any(code != 0 for code in codes) else 0

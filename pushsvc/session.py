@@ -1,6 +1,6 @@
 """One open stream: the async driver of its `Cursor`, and every byte of its body chunk by
-chunk: `first_chunk` and `next_chunk` (between `start` and `stop`), or the `frames()`
-generator over them for Quart.
+chunk: `first_chunk` and `next_chunk`, between `start` and `stop` (the one loop over them,
+for both doors, is `pushsvc.core.streams.pump`).
 
 The driver takes what the hub queued for the stream (`Subscriber`), feeds it to the
 cursor, performs the history reads the cursor asks for -- one page per chunk, so a long
@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator
 
 from . import sse
 from .broker import BrokerUnavailable, History
@@ -41,8 +40,9 @@ OPEN_WAIT_SECONDS = 0.1
 
 
 class StreamSession:
-    """One stream; `frames()` is the response body (or `first_chunk` and `next_chunk`,
-    between `start` and `stop`).  `end_reason` says why it ended, for the access log."""
+    """One stream; its body is `first_chunk` then `next_chunk` until done, between `start`
+    and `stop` (see `pushsvc.core.streams.pump`).  `end_reason` says why it ended, for the
+    access log."""
 
     __slots__ = ("counted", "cursor", "end_reason", "hub", "metrics", "subscriber")
 
@@ -83,19 +83,6 @@ class StreamSession:
     def stop(self) -> None:
         """Unsubscribe (synchronous, so it belongs in a ``finally``)."""
         self.hub.remove(self.subscriber)
-
-    async def frames(self) -> AsyncGenerator[bytes, None]:
-        """The whole body, for a framework that iterates a generator (the Quart route)."""
-        self.start()
-        try:
-            chunk, done = await self.first_chunk()
-            yield chunk
-            while not done:
-                next_chunk, done = await self.next_chunk()
-                if next_chunk is not None:
-                    yield next_chunk
-        finally:
-            self.stop()
 
     async def first_chunk(self) -> tuple[bytes, bool]:
         """The opening chunk (a comment and ``retry:``) with whatever is ready within

@@ -20,15 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from .config import ConfigError, Settings, env_name
+from .config import Settings
+from .keys import PublicKey, load_public_key
 from .patterns import PATTERN_RE
 
 CLAIM = "pushsvc"
 MAX_TOKEN_BYTES = 8192
-PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 
 class TokenError(Exception):
@@ -46,25 +44,7 @@ class Grant:
     subscribe: tuple[str, ...]
     publish: tuple[str, ...]
     expires: float | None  # wall-clock `exp`
-
-
-def load_public_key(pem: str) -> tuple[PublicKey, str]:
-    """(key, algorithm) from PEM text; ConfigError naming PUSHSVC_JWT_PUBLIC_KEY."""
-    name = env_name("jwt_public_key")
-    text = pem.replace("\\n", "\n").strip()  # PEM squeezed onto one line in an env file
-    try:
-        key = load_pem_public_key(text.encode("ascii"))
-    except (ValueError, TypeError, UnicodeEncodeError):
-        raise ConfigError(f"{name} is not a PEM public key ('-----BEGIN PUBLIC KEY-----' ...)") from None
-    if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < 2048:
-            raise ConfigError(f"{name}: an RSA key needs at least 2048 bits")
-        return key, "RS256"
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        if not isinstance(key.curve, ec.SECP256R1):
-            raise ConfigError(f"{name}: an EC key must be on P-256 (ES256)")
-        return key, "ES256"
-    raise ConfigError(f"{name}: only RSA (RS256) and EC P-256 (ES256) keys are supported")
+    subject: str | None = None  # `sub` (the scope of a publisher's idempotency keys)
 
 
 _REASONS: list[tuple[type[jwt.InvalidTokenError], str]] = [
@@ -123,6 +103,19 @@ class TokenVerifier:
         return grant_from_claims(claims)
 
 
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
+def _check_time_claims(claims: dict[str, Any]) -> None:
+    # PyJWT skips a time claim it cannot read in some versions; a string exp would then
+    # never expire.  NumericDate is a JSON number (RFC 7519 2).
+    for name in _TIME_CLAIMS:
+        if name in claims:
+            value = claims[name]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+                raise TokenError(f"the token's {name} is not a number")
+
+
 def _patterns(section: dict[str, Any], name: str) -> tuple[str, ...]:
     value = section.get(name, [])
     if not isinstance(value, list) or not all(
@@ -133,13 +126,16 @@ def _patterns(section: dict[str, Any], name: str) -> tuple[str, ...]:
 
 
 def grant_from_claims(claims: dict[str, Any]) -> Grant:
+    _check_time_claims(claims)
     section = claims.get(CLAIM, {})
     if not isinstance(section, dict):
         raise TokenError(f"claim {CLAIM} must be an object")
     exp = claims.get("exp")
+    sub = claims.get("sub")
     return Grant(
         _patterns(section, "subscribe"), _patterns(section, "publish"),
         float(exp) if isinstance(exp, int | float) else None,
+        sub if isinstance(sub, str) and sub else None,
     )
 
 

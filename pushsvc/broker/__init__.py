@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..events import Event
-from ..resume import Position
+from ..wire import Position, history_key, meta_key
+from .scripts import Idempotency, IdempotencyConflict
+
+__all__ = [
+    "Broker", "BrokerUnavailable", "History", "Idempotency", "IdempotencyConflict", "Listener",
+    "OutcomeUnknown", "Published", "create_broker", "history_key", "meta_key", "new_epoch",
+]
 
 
 def new_epoch() -> str:
@@ -22,7 +28,22 @@ def new_epoch() -> str:
 
 
 class BrokerUnavailable(Exception):
-    """The broker cannot take the operation now (Redis down, paused or too slow)."""
+    """The broker cannot take the operation now (Redis down, paused or too slow); for a
+    publish: nothing was stored."""
+
+
+class OutcomeUnknown(BrokerUnavailable):
+    """A publish was sent but its answer was lost (timeout, connection lost): it may or may
+    not be stored.  A retry with the same idempotency key is safe."""
+
+
+@dataclass(slots=True)
+class Published:
+    """What a publish gave: the ids per event and channel; `replayed` when the idempotency
+    key had been seen (nothing new was stored for the replayed events)."""
+
+    ids: list[list[str]]
+    replayed: bool = False
 
 
 @dataclass(slots=True)
@@ -54,8 +75,10 @@ class Broker(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def publish(self, events: Sequence[Event]) -> list[list[str]]:
-        """Store and publish, in order; the position ids per event and channel."""
+    async def publish(self, events: Sequence[Event], idempotency: Idempotency | None = None) -> Published:
+        """Store and publish, in order, at most once per idempotency key (and never twice
+        for a retry of the broker's own); IdempotencyConflict, BrokerUnavailable (nothing
+        stored) or OutcomeUnknown."""
 
     def subscribe(self, channel: str) -> None: ...
 
@@ -75,14 +98,6 @@ class Broker(Protocol):
 
     async def count_subscribers(self, channel: str, local: int) -> int:
         """Streams subscribed to `channel` in every process; `local` is this process's count."""
-
-
-def history_key(channel: str) -> str:
-    return f"pushsvc:{{{channel}}}:history"
-
-
-def meta_key(channel: str) -> str:
-    return f"pushsvc:{{{channel}}}:meta"
 
 
 def create_broker(redis_url: str | None, **options: object) -> Broker:

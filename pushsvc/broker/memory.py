@@ -7,14 +7,16 @@ between processes, so the server refuses it with more than one worker.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..events import Event, seal
-from ..resume import EMPTY, Position
-from . import History, Listener, new_epoch
+from ..events import Event
+from ..wire import EMPTY, Position, format_position, seal
+from . import History, Listener, Published, new_epoch
+from .scripts import Call, Idempotency, calls_for, read_replies
 
 
 @dataclass(slots=True)
@@ -34,6 +36,8 @@ class MemoryBroker:
         self._channels: dict[str, _Channel] = {}
         self._subscribed: set[str] = set()
         self._listener: Listener | None = None
+        self._records: dict[str, tuple[float, str, dict[int, str]]] = {}  # key: (expiry, fp, ids)
+        self._expiries: list[tuple[float, str]] = []  # heap of (expiry, key): forget old records
 
     async def start(self, listener: Listener) -> None:
         self._listener = listener
@@ -55,32 +59,54 @@ class MemoryBroker:
                 return None
         return state
 
-    async def publish(self, events: Sequence[Event]) -> list[list[str]]:
-        ids: list[list[str]] = []
-        for event in events:
-            prefix = event.message_prefix()
-            event_ids = []
-            for channel in event.channels:
-                state = self._live(channel)
-                if state is None:
-                    state = self._channels[channel] = _Channel(new_epoch())
-                state.seq += 1
-                state.touched = time.monotonic()
-                message = seal(prefix, state.seq, state.epoch)
-                if self.history_size > 0:
-                    state.entries.append((state.seq, message))
-                    while len(state.entries) > self.history_size:
-                        state.entries.popleft()
-                event_ids.append(f"{state.epoch}-{state.seq}")
-                if channel in self._subscribed and self._listener is not None:
-                    self._listener.on_message(channel, message)
-            ids.append(event_ids)
-        return ids
+    async def publish(self, events: Sequence[Event], idempotency: Idempotency | None = None) -> Published:
+        """The Redis script's steps, in Python (same calls, same records, same answers)."""
+        calls = calls_for(events, idempotency, self.history_size, self.history_ttl_seconds, new_epoch)
+        replies = [self._run(event, call) for event, call in zip(events, calls, strict=True)]
+        ids, replayed = read_replies(replies)
+        return Published(ids, replayed)
+
+    def _run(self, event: Event, call: Call) -> tuple[int, str]:
+        (record_key, *_), (fp, field, window, prefix, _, _, eid, *_) = call
+        now = time.monotonic()
+        while self._expiries and self._expiries[0][0] <= now:
+            expiry, key = heapq.heappop(self._expiries)
+            if key in self._records and self._records[key][0] == expiry:
+                del self._records[key]
+        record = self._records.get(record_key)
+        if record is not None and record[0] <= now:
+            record = None
+        if record is not None:
+            if record[1] != fp:
+                return -1, ""
+            if field in record[2]:
+                return 1, record[2][field]
+        else:
+            record = self._records[record_key] = (now + window, fp, {})
+            heapq.heappush(self._expiries, (now + window, record_key))
+        ids = []
+        for channel in event.channels:
+            state = self._live(channel)
+            if state is None:
+                state = self._channels[channel] = _Channel(new_epoch())
+            state.seq += 1
+            state.touched = now
+            message = seal(prefix, state.seq, state.epoch, eid or None)
+            if self.history_size > 0:
+                state.entries.append((state.seq, message))
+                while len(state.entries) > self.history_size:
+                    state.entries.popleft()
+            ids.append(format_position(state.epoch, state.seq))
+            if channel in self._subscribed and self._listener is not None:
+                self._listener.on_message(channel, message, True)
+        joined = record[2][field] = " ".join(ids)
+        return 0, joined
 
     def inject(self, channel: str, payload: bytes) -> None:
-        """Deliver a raw message live, as a plain Redis PUBLISH would (no history)."""
+        """Deliver a raw message live, as a plain Redis PUBLISH would: untrusted (no id,
+        whatever members it carries), no history."""
         if channel in self._subscribed and self._listener is not None:
-            self._listener.on_message(channel, payload)
+            self._listener.on_message(channel, payload, False)
 
     async def barrier(self) -> None:
         """Delivery is synchronous here: everything published is already delivered."""

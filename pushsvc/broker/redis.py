@@ -6,9 +6,17 @@ Keys (every key of a channel carries the same hash tag, ready for Redis Cluster)
 * ``pushsvc:{<channel>}:history`` -- stream of the last ``PUSHSVC_HISTORY_SIZE`` events,
   entry id ``0-<seq>``, field ``m`` = the message exactly as published.
 
-Both expire after ``PUSHSVC_HISTORY_TTL_SECONDS`` without a publish.  Events travel on the
-Redis pub/sub channel named like the pushsvc channel, so a plain ``PUBLISH sse '{...}'``
-(flask-sse, redis-cli) reaches ``/stream?channel=sse`` too.
+Both expire after ``PUSHSVC_HISTORY_TTL_SECONDS`` without a publish.  pushsvc's publish
+script publishes on the internal pub/sub channel ``pushsvc:{<channel>}:live``; this process
+subscribes to it *and* to the public name ``<channel>``, so a plain ``PUBLISH sse '{...}'``
+(flask-sse, redis-cli) reaches ``/stream?channel=sse`` too -- as an untrusted message (no
+id, whatever it carries).  A channel counts as subscribed once both are confirmed.  Names
+and formats: `pushsvc.wire`.
+
+Publishing: every request is one script call per event (`scripts.py`), each carrying an
+idempotency record, so any retry is harmless.  A failure before the pipeline is sent (no
+connection from the pool, cannot connect) is `BrokerUnavailable` (nothing stored); after
+it was sent, `OutcomeUnknown`.
 
 The pub/sub connection is driven here, not by redis-py's `PubSub` (which re-subscribes
 silently after a reconnect and so hides gaps): one supervisor task connects, then runs a
@@ -44,20 +52,25 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from ..events import Event
-from ..resume import EMPTY, Position
-from . import BrokerUnavailable, History, Listener, history_key, meta_key, new_epoch
-from .scripts import PUBLISH_LUA, position_id, publish_args
+from ..wire import CONTROL_CHANNEL, EMPTY, Position, channel_of_live, history_key, live_channel, meta_key
+from . import BrokerUnavailable, History, Listener, OutcomeUnknown, Published, new_epoch
+from .scripts import (
+    PUBLISH_LUA,
+    Call,
+    Idempotency,
+    calls_for,
+    copies,
+    max_copies,
+    read_replies,
+)
 
 log = logging.getLogger("pushsvc.redis")
 
 _UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
 
-CONTROL_CHANNEL = "pushsvc:control"
 REPLY_TTL_SECONDS = 10
 
-
-_Call = tuple[list[str], list[Any]]  # one publish script call: keys, args
-_Pending = tuple[list[_Call], "asyncio.Future[list[Any]]"]  # one publish request and its answer
+_Pending = tuple[list[Call], "asyncio.Future[list[Any]]"]  # one publish request and its answer
 
 
 class _PubSubDead(Exception):
@@ -98,6 +111,8 @@ class RedisBroker:
         self.client = aioredis.Redis(connection_pool=self._pool)
         self._script = self.client.register_script(PUBLISH_LUA)
         self._batch: list[_Pending] = []
+        self._batch_copies = 0
+        self.max_copies = max_copies(timeout_seconds)
         self._flushes: set[asyncio.Task[None]] = set()
         self._pubsub_factory = ConnectionPool.from_url(
             url, protocol=2, client_name="pushsvc-pubsub", **{**common, "retry": Retry(NoBackoff(), 0)}
@@ -149,38 +164,48 @@ class RedisBroker:
 
     # -- publishing and history ------------------------------------------------------
 
-    async def publish(self, events: Sequence[Event]) -> list[list[str]]:
+    async def publish(self, events: Sequence[Event], idempotency: Idempotency | None = None) -> Published:
         """Store and publish, in order.  Publishes that arrive in the same loop iteration
-        (concurrent requests) share one pipeline round trip; each gets its own replies."""
+        (concurrent requests) share pipeline round trips; each gets its own replies."""
         # A fresh epoch per channel (used only if the channel has none yet): epochs must differ
         # between channels, or a resume id replayed against another channel set could pass.
-        calls = [
-            publish_args(channel, event.message_prefix(), self.history_size,
-                         self.history_ttl_seconds, new_epoch())
-            for event in events
-            for channel in event.channels
-        ]
+        calls = calls_for(events, idempotency, self.history_size, self.history_ttl_seconds, new_epoch)
         done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        count = copies(events)
+        if self._batch and self._batch_copies + count > self.max_copies:
+            self._flush_batch()  # one pipeline holds at most what one request may
         self._batch.append((calls, done))
+        self._batch_copies += count
         if len(self._batch) == 1:
             asyncio.get_running_loop().call_soon(self._flush_batch)
-        replies = await done
-        flat = iter(position_id(reply) for reply in replies)
-        return [[next(flat) for _ in event.channels] for event in events]
+        ids, replayed = read_replies(await done)
+        return Published(ids, replayed)
 
     def _flush_batch(self) -> None:
-        batch, self._batch = self._batch, []
+        if not self._batch:
+            return
+        batch, self._batch, self._batch_copies = self._batch, [], 0
         task = asyncio.get_running_loop().create_task(self._send_batch(batch))
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
     async def _send_batch(self, batch: list[_Pending]) -> None:
         calls = [call for request_calls, _ in batch for call in request_calls]
+        sent = False
         try:
             async with asyncio.timeout(self.timeout):
-                replies = await self._evalsha_all(calls)
+                async with self.client.pipeline(transaction=False) as pipe:
+                    # Take a connected connection first: failing here stores nothing.
+                    pipe.connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+                    sent = True
+                    replies = await self._evalsha_all(pipe, calls)
         except _UNAVAILABLE as exc:
-            failure = BrokerUnavailable(f"redis publish failed: {type(exc).__name__}: {exc}")
+            what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            failure: BrokerUnavailable
+            if sent:
+                failure = OutcomeUnknown(f"redis did not answer the publish in time ({what})")
+            else:
+                failure = BrokerUnavailable(f"redis publish failed: {what}")
             for _, done in batch:
                 if not done.done():
                     done.set_exception(failure)
@@ -192,18 +217,20 @@ class RedisBroker:
                 done.set_result(replies[start:end])
             start = end
 
-    async def _evalsha_all(self, calls: list[_Call]) -> list[Any]:
-        """One pipeline of EVALSHA; loads the script once if Redis lost it (restart)."""
+    async def _evalsha_all(self, pipe: Any, calls: list[Call]) -> list[Any]:
+        """One pipeline of EVALSHA; loads the script once if Redis lost it (restart).  A
+        NOSCRIPT reply means the script did not run, so sending the calls again is safe (and
+        any call that did run is answered from its idempotency record)."""
         for attempt in range(2):
-            async with self.client.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    pipe.evalsha(self._script.sha, len(keys), *keys, *args)
-                try:
-                    return list(await pipe.execute())
-                except NoScriptError:
-                    if attempt:
-                        raise
-                    await self.client.script_load(PUBLISH_LUA)
+            for keys, args in calls:
+                pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+            try:
+                return list(await pipe.execute())
+            except NoScriptError:
+                if attempt:
+                    raise
+                await self.client.script_load(PUBLISH_LUA)
+                pipe.connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
         raise AssertionError("unreachable")
 
     async def position(self, channel: str) -> Position:
@@ -252,20 +279,30 @@ class RedisBroker:
 
     # -- subscriptions -----------------------------------------------------------------
 
+    # `_desired`, `_sent`, `_pending` and `_confirmed` hold Redis channel names: each
+    # pushsvc channel is two of them (public name and internal live channel).
+
+    @staticmethod
+    def _redis_names(channel: str) -> tuple[str, ...]:
+        return (channel,) if channel == CONTROL_CHANNEL else (channel, live_channel(channel))
+
+    def _is_confirmed(self, channel: str) -> bool:
+        return all(name in self._confirmed for name in self._redis_names(channel))
+
     def subscribe(self, channel: str) -> None:
-        self._desired.add(channel)
-        if channel in self._confirmed and self._listener is not None:
+        self._desired.update(self._redis_names(channel))
+        if self._is_confirmed(channel) and self._listener is not None:
             asyncio.get_running_loop().call_soon(self._reconfirm, channel)
         self._wake.set()
 
     def _reconfirm(self, channel: str) -> None:
-        if channel in self._confirmed and self._listener is not None:
+        if self._is_confirmed(channel) and self._listener is not None:
             self._listener.on_subscribed(channel)
 
     def unsubscribe(self, channel: str) -> None:
         if channel == CONTROL_CHANNEL:
             return
-        self._desired.discard(channel)
+        self._desired.difference_update(self._redis_names(channel))
         self._wake.set()
 
     async def _supervise(self) -> None:
@@ -371,10 +408,15 @@ class RedisBroker:
             if isinstance(reply, list) and reply:
                 kind = reply[0]
                 if kind == b"message":
-                    if reply[1] == CONTROL_CHANNEL.encode():
+                    name = _text(reply[1])
+                    if name == CONTROL_CHANNEL:
                         self._on_control(reply[2])
+                        continue
+                    internal = channel_of_live(name)
+                    if internal is not None:
+                        listener.on_message(internal, reply[2], True)
                     else:
-                        listener.on_message(_text(reply[1]), reply[2])
+                        listener.on_message(name, reply[2], False)
                 elif kind == b"subscribe":
                     self._on_subscribe_reply(_text(reply[1]))
                 elif kind == b"pong":
@@ -400,8 +442,10 @@ class RedisBroker:
         self._pending.pop(channel, None)
         if channel in self._desired and channel in self._sent:
             self._confirmed.add(channel)
-            assert self._listener is not None
-            self._listener.on_subscribed(channel)
+            public = channel_of_live(channel) or channel
+            if self._is_confirmed(public):
+                assert self._listener is not None
+                self._listener.on_subscribed(public)
 
     # -- cross-process subscriber counts -------------------------------------------------
 

@@ -80,10 +80,32 @@ CASES = [
     Case("retry of 10^30", "POST", "/publish", b'{"data": 1, "retry": 1000000000000000000000000000000}',
          error="invalid_retry"),
     Case("retry is true", "POST", "/publish", j({"data": 1, "retry": True}), error="invalid_retry"),
+    Case("retry of a day (over PUSHSVC_MAX_RETRY_MS)", "POST", "/publish", j({"data": 1, "retry": 86400000}),
+         error="invalid_retry"),
+    Case("reserved type pushsvc.reset", "POST", "/publish", j({"data": 1, "type": "pushsvc.reset"}),
+         error="invalid_type"),
+    Case("reserved type pushsvc.token_expired", "POST", "/publish",
+         j({"data": 1, "type": "pushsvc.token_expired"}), error="invalid_type"),
+    Case("UTF-16 body (with BOM)", "POST", "/publish", '{"data": 1}'.encode("utf-16"), error="invalid_json"),
+    Case("UTF-32 body (with BOM)", "POST", "/publish", '{"data": 1}'.encode("utf-32"), error="invalid_json"),
+    Case("UTF-16-LE body without BOM", "POST", "/publish", '{"data": 1}'.encode("utf-16-le"),
+         error="invalid_json"),
+    Case("Idempotency-Key with a space", "POST", "/publish", j({"data": 1}), headers={"Idempotency-Key": "a b"},
+         error="invalid_idempotency_key"),
+    Case("Idempotency-Key and idempotency_key together", "POST", "/publish",
+         j({"data": 1, "idempotency_key": "e1"}), headers={"Idempotency-Key": "r1"}, error="invalid_idempotency_key"),
+    Case("idempotency_key repeated in a batch", "POST", "/publish",
+         j([{"data": 1, "idempotency_key": "k"}, {"data": 2, "idempotency_key": "k"}]),
+         error="invalid_idempotency_key"),
+    Case("idempotency_key of 201 characters", "POST", "/publish", j({"data": 1, "idempotency_key": LONG}),
+         error="invalid_idempotency_key"),
     # POST /publish: limits, media type, auth, method
     Case("batch over PUSHSVC_MAX_BATCH", "POST", "/publish", j([{"data": i} for i in range(1001)]),
          status=413, error="batch_too_large"),
-    Case("event over PUSHSVC_MAX_EVENT_BYTES", "POST", "/publish", j({"data": "x" * 70000}), status=413,
+    Case("1,000 events x 6 channels (over 5,000 copies per request)", "POST", "/publish",
+         j([{"channel": [f"c{c}" for c in range(6)], "data": i} for i in range(1000)]), status=413,
+         error="batch_too_large"),
+    Case("event over PUSHSVC_MAX_EVENT_BYTES", "POST", "/publish", j({"data": "x" * 300000}), status=413,
          error="event_too_large"),
     Case("body over PUSHSVC_MAX_BODY_BYTES", "POST", "/publish", j({"data": "x" * 1100000}), status=413,
          error="request_entity_too_large"),
@@ -142,6 +164,25 @@ def render() -> str:
             case.error, f"`{case.error}`")
         path = case.path if len(case.path) <= 40 else case.path[:37] + "..."
         lines.append(f"| {number} | `{case.method} {path.split('?')[0]}` | {case.name} | {case.status} | {error} |")
+    lines += [
+        "",
+        "## Outside HTTP",
+        "",
+        "| input | what happens | test |",
+        "|---|---|---|",
+        "| raw Redis `PUBLISH <channel>` with a forged `\"pushsvc\": [seq, epoch]` member | delivered live "
+        "**without an id**; the real event of that sequence is delivered with its id, new streams "
+        "are not blacked out | `tests/integration/test_publish_guarantees.py` |",
+        "| raw `PUBLISH` with a `pushsvc.*` type (e.g. a fake `pushsvc.reset`) | dropped, counted in "
+        "`pushsvc_invalid_messages_total` | `tests/e2e/test_core.py` |",
+        "| `Publisher.publish` with a 10 MB event, a reserved type, a day-long `retry`, 101 channels | "
+        "`EventError` before anything is sent (the checks of `POST /publish`) | "
+        "`tests/unit/test_publish_checks.py` |",
+        "| a JWT whose `exp`, `nbf` or `iat` is a string | 401 `unauthorized` | "
+        "`tests/unit/test_publish_checks.py` |",
+        "| `%0a` / `%0d` in a URL path, control characters in any logged value | escaped (`\\n`) "
+        "in the text log: no forged line | `tests/e2e/test_log_injection.py` |",
+    ]
     return "\n".join(lines) + "\n"
 
 

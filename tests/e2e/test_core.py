@@ -97,7 +97,7 @@ async def test_invalid_redis_message_is_dropped_and_the_stream_keeps_working(
     try:
         await client.wait_open()
         for junk in [b"not json", b"[1,2]", b'{"no":"data"}', b'{"data":1,"type":"a\\nb"}',
-                     b'{"data":NaN}', b"\xff\xfe", b'{"data":1,"pushsvc":[0,"x"]}']:
+                     b'{"data":NaN}', b"\xff\xfe", b'{"data":1,"type":"pushsvc.reset"}']:
             await raw.publish("x", junk)
         await raw.publish("x", flask_sse_message("after junk"))
         event = await client.next_event()

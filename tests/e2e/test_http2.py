@@ -22,7 +22,9 @@ import h2.events
 import httpx
 import pytest
 
-from tests.support.helpers import TOKEN
+from tests.support.h2stall import StalledH2Client
+from tests.support.helpers import TOKEN, metric
+from tests.support.load import publish_bulk, rss_bytes
 from tests.support.procs import ROOT, Service, require_binary
 
 pytestmark = pytest.mark.e2e
@@ -164,3 +166,57 @@ async def test_many_streams_multiplex_on_one_http2_connection(tls_service):
             assert data == [f"data: only {n}".encode(), b"data: all"]
     finally:
         await client.close()
+
+
+# -- a peer that stops reading ------------------------------------------------------------
+
+STALLED = 50
+H2_RSS_BOUND = 96 * 1024 * 1024  # as tests/e2e/test_slow_consumers.py: the per-stream bound, not the traffic
+
+
+@pytest.mark.parametrize("mode", ["serve", "hypercorn"])  # create_app applies the correction: plain hypercorn too
+async def test_a_stalled_http2_stream_is_cut_reset_and_freed(service_factory, redis_url, http, mode):
+    """50 streams on one h2c connection whose window is 0 while ~20 MB are published: each
+    is cut when its bounded queue overflows (as a stalled HTTP/1.1 stream), the client gets
+    RST_STREAM for every one, and the process stays within the per-stream memory bound.
+
+    Fails on unpatched Hypercorn 0.18 (pushsvc/h2fix.py): its StreamBuffer.pop releases
+    backpressure on a zero window, so sends never wait, nothing overflows, memory grows by
+    the traffic times the streams, and a closed stream is never reset."""
+    service = service_factory({"PUSHSVC_REDIS_URL": redis_url, "PUSHSVC_TCP_USER_TIMEOUT_MS": "0",
+                               "PUSHSVC_WRITE_TIMEOUT_SECONDS": "0"}, mode=mode)  # only the queue bound may cut
+    assert service.proc is not None
+    client = await StalledH2Client.connect(service.port)
+    try:
+        streams = [await client.open("/stream?channel=h2-stalled") for _ in range(STALLED)]
+        await client.wait_for(lambda: len(client.status) == STALLED, 10)
+        assert set(client.status.values()) == {200}
+
+        async def all_open() -> None:
+            while await metric(http, service, "pushsvc_open_streams") < STALLED:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(all_open(), 10)
+        before = rss_bytes(service.proc.pid)
+        peak = before
+
+        async def sample() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, rss_bytes(service.proc.pid))
+                await asyncio.sleep(0.05)
+
+        sampler = asyncio.create_task(sample())
+        try:
+            await publish_bulk(service.base, "h2-stalled", 20 * 1024 * 1024, 10 * 1024)
+            await client.wait_for(lambda: client.reset >= set(streams) or client.closed, 30)
+        finally:
+            sampler.cancel()
+        assert client.reset >= set(streams), f"{len(client.reset)} of {STALLED} streams reset"
+        assert client.body_bytes == 0  # the window stayed shut: nothing could have been read
+        assert await metric(http, service, "pushsvc_slow_consumer_disconnects_total") == STALLED
+        assert await metric(http, service, "pushsvc_open_streams") == 0
+    finally:
+        await client.close()
+    print(f"RSS growth under {STALLED} stalled HTTP/2 streams: {(peak - before) / 2**20:.1f} MiB")
+    assert peak - before < H2_RSS_BOUND, f"RSS grew by {(peak - before) / 2**20:.1f} MiB"

@@ -1,6 +1,6 @@
 """`POST /publish` through the pure-ASGI path (`pushsvc.fastpath`) answers exactly as the
 Quart route: the same request to a real `pushsvc serve` and to the Quart test client of an
-app with the same settings gets the same status, body and headers -- a success, 400, 401,
+app with the same settings and its fast door closed gets the same status, body and headers -- a success, 400, 401,
 403 (a scoped JWT), 413, 415 and 503.  In-process, a counter in front of Quart proves that
 plain requests never reach it and that the others (Origin, chunked, oversized) do."""
 
@@ -64,6 +64,9 @@ def cases() -> dict[str, tuple[bytes, dict[str, str]]]:
         "400 invalid UTF-8": (b'{"data": "\xff"}', auth),
         "400 bad channel": (b'{"channel": "a b", "data": 1}', auth),
         "400 unknown field": (b'[{"data": 1}, {"data": 1, "colour": "red"}]', auth),
+        "400 reserved type": (b'{"data": 1, "type": "pushsvc.reset"}', auth),
+        "400 UTF-16 body": ('{"data": 1}'.encode("utf-16"), auth),
+        "400 idempotency header and field": (b'{"data": 1, "idempotency_key": "a"}', {**auth, "Idempotency-Key": "b"}),
         "401 no credential": (b'{"data": 1}', {"Content-Type": "application/json"}),
         "401 wrong token": (b'{"data": 1}', {**auth, "Authorization": "Bearer nope"}),
         "401 expired JWT": (b'{"data": 1}', {**auth, "Authorization": f"Bearer {jwts.hs256(publish=['*'], ttl=-120)}"}),
@@ -100,6 +103,7 @@ def served(redis_server: RedisServer) -> Iterator[Service]:
 @pytest.fixture
 async def quart_client(redis_server: RedisServer) -> AsyncIterator[Any]:
     app = create_app(settings(redis_server.url))
+    app.extensions["pushsvc.fastpath"].enabled = False  # create_app mounts the fast door: close it
     async with app.test_app() as test_app:
         yield test_app.test_client()
 
@@ -118,6 +122,31 @@ async def test_served_answers_exactly_as_the_quart_route(name, served, quart_cli
     assert fast.headers["x-request-id"]
 
 
+async def test_an_idempotent_replay_and_a_reused_key_answer_as_the_quart_route(served, quart_client):
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    answers = {}
+    channel = f"fp-{uuid.uuid4().hex[:12]}"  # one channel, a key per door: ids differ only in value
+    for door in ("fast", "routed"):
+        key = uuid.uuid4().hex
+        body = materialise(b'[{"channel": "{channel}", "data": 1}, {"channel": "{channel}", "data": 2}]', channel)
+        headers = {**auth, "Idempotency-Key": key}
+        for attempt in ("first", "replay", "reused"):
+            sent = body if attempt != "reused" else body.replace(b'"data": 2', b'"data": 3')
+            if door == "fast":
+                async with httpx.AsyncClient(timeout=10) as http:
+                    got = await http.post(served.base + "/publish", content=sent, headers=headers)
+                answers[door, attempt] = answer(got.status_code, got.headers, got.content) | {
+                    "replayed": got.headers.get("idempotent-replayed")}
+            else:
+                routed = await quart_client.post("/publish", data=sent, headers=headers)
+                answers[door, attempt] = answer(routed.status_code, routed.headers, await routed.get_data()) | {
+                    "replayed": routed.headers.get("Idempotent-Replayed")}
+    for attempt in ("first", "replay", "reused"):
+        assert answers["fast", attempt] == answers["routed", attempt]
+    assert answers["fast", "replay"]["replayed"] == "true" and answers["fast", "first"]["replayed"] is None
+    assert answers["fast", "reused"]["status"] == 422
+
+
 async def test_broker_down_is_the_same_503(service_factory):
     dead = f"redis://127.0.0.1:{free_port()}/0"
     service = service_factory({**ENV, "PUSHSVC_REDIS_URL": dead})
@@ -133,6 +162,7 @@ async def test_broker_down_is_the_same_503(service_factory):
     assert fast.json()["error"] == "broker_unavailable"
     # and the Quart test client (another event loop: the connect error's wording may differ)
     app = create_app(settings(dead))
+    app.extensions["pushsvc.fastpath"].enabled = False
     async with app.test_app() as test_app:
         quart = await test_app.test_client().post("/publish", data=b'{"data": 1}', headers=headers)
         quart_answer = answer(quart.status_code, quart.headers, await quart.get_data())
@@ -205,7 +235,7 @@ async def test_an_unexpected_exception_is_the_logged_json_500_of_the_quart_route
     http, counter, fast_path = counted
     auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 
-    async def broken(events: Any) -> Any:
+    async def broken(events: Any, idempotency: Any = None) -> Any:
         raise RuntimeError("boom")
 
     fast_path.rt.broker.publish = broken

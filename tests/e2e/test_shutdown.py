@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
 import signal
 import time
 
 import pytest
 
+from pushsvc.server import MAX_FAST_CRASHES
 from tests.support.sse_client import SSEClient
 
 pytestmark = pytest.mark.e2e
@@ -83,3 +86,48 @@ async def test_sigterm_while_workers_are_still_starting_exits_cleanly(service_fa
     service.proc.send_signal(signal.SIGTERM)  # while the workers are still importing
     code = await asyncio.to_thread(service.proc.wait, 20)
     assert code == 0, service.log()[-4000:]
+
+
+def _workers(pid: int) -> set[int]:
+    """The worker processes of a supervisor (its spawned children, not the resource tracker)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            children = [int(p) for p in handle.read().split()]
+    except FileNotFoundError:
+        return set()
+    workers = set()
+    for child in children:
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{child}/cmdline", "rb") as handle:
+            if b"spawn_main" in handle.read():
+                workers.add(child)
+    return workers
+
+
+async def test_a_worker_that_keeps_crashing_is_restarted_with_backoff_then_the_server_gives_up(
+    service_factory, redis_url
+):
+    service = service_factory({"PUSHSVC_REDIS_URL": redis_url}, workers=2)
+    assert service.proc is not None
+    supervisor = service.proc.pid
+    original = _workers(supervisor)
+    assert len(original) == 2
+    # Kill the first worker, then every worker started in its place as soon as it appears:
+    # each restart is a fast crash; after MAX_FAST_CRASHES the supervisor must exit non-zero.
+    pending = {min(original)}
+    killed: list[int] = []
+    deadline = time.monotonic() + 60
+    while service.proc.poll() is None:
+        assert time.monotonic() < deadline, "the supervisor never gave up:\n" + service.log()[-3000:]
+        for pid in pending:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        pending = _workers(supervisor) - original - set(killed)
+        await asyncio.sleep(0.02)
+    code = await asyncio.to_thread(service.proc.wait, 15)
+    log = service.log()
+    assert code != 0, log[-3000:]
+    assert "giving up" in log, log[-3000:]
+    assert len(killed) == MAX_FAST_CRASHES
+    delays = [float(m) for m in re.findall(r'delay_seconds[=": ]+([0-9.]+)', log)]
+    assert delays == [0.5, 1.0, 2.0, 4.0][: MAX_FAST_CRASHES - 1], log[-3000:]

@@ -31,7 +31,7 @@ async def test_200_streams_on_20_channels_share_one_pubsub_connection(
         await asyncio.gather(*[c.wait_open(10) for c in clients])
         connections = pubsub_clients(redis_server)
         assert len(connections) == 1, connections
-        assert int(connections[0]["sub"]) == 20 + 1  # + pushsvc:control (GET /channels/<name>)
+        assert int(connections[0]["sub"]) == 2 * 20 + 1  # public + internal live names, + pushsvc:control
         await publish(http, service, {"channel": channels[3], "data": "hello"})
         receivers = [c for i, c in enumerate(clients) if i % 20 == 3]
         assert [(await c.next_event()).data for c in receivers] == ["hello"] * 10
@@ -49,7 +49,7 @@ async def test_disconnected_clients_release_subscriptions_and_redis_channels(
     await asyncio.gather(*[c.wait_open(10) for c in clients])
     assert await metric(http, service, "pushsvc_open_streams") == 50
     with redis_server.client() as client:
-        assert len(client.pubsub_channels()) == 6 + 1  # + pushsvc:control
+        assert len(client.pubsub_channels()) == 2 * 6 + 1  # public + internal live names, + control
     await asyncio.gather(*[c.close() for c in clients])
 
     async def released() -> None:

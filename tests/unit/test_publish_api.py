@@ -3,6 +3,7 @@ right status and a JSON error body; nothing bad reaches a stream."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -78,6 +79,18 @@ BAD = [
     ("body too large", '{"data": "' + "x" * 9000 + '"}', 413, "request_entity_too_large"),
     ("huge integer", '{"data": ' + "9" * 5000 + "}", 400, "invalid_json"),
     ("huge float", '{"data": 1e999}', 400, "invalid_json"),
+    ("UTF-16 body", '{"data": 1}'.encode("utf-16"), 400, "invalid_json"),
+    ("UTF-16-LE body without BOM", '{"data": 1}'.encode("utf-16-le"), 400, "invalid_json"),
+    ("UTF-32 body", '{"data": 1}'.encode("utf-32"), 400, "invalid_json"),
+    ("reserved type pushsvc.reset", '{"data": 1, "type": "pushsvc.reset"}', 400, "invalid_type"),
+    ("reserved type pushsvc.token_expired", '{"data": 1, "type": "pushsvc.token_expired"}', 400,
+     "invalid_type"),
+    ("retry above PUSHSVC_MAX_RETRY_MS", '{"data": 1, "retry": 86400000}', 400, "invalid_retry"),
+    ("retry just above the cap", '{"data": 1, "retry": 60001}', 400, "invalid_retry"),
+    ("malformed idempotency_key", '{"data": 1, "idempotency_key": "a b"}', 400, "invalid_idempotency_key"),
+    ("idempotency_key twice in a batch",
+     '[{"data": 1, "idempotency_key": "k"}, {"data": 2, "idempotency_key": "k"}]', 400,
+     "invalid_idempotency_key"),
 ]
 
 
@@ -147,3 +160,81 @@ async def test_unreachable_redis_gets_503_within_the_timeout():
     assert response.headers["Retry-After"]
     assert (await response.get_json())["error"] == "broker_unavailable"
     assert elapsed < 5
+
+
+async def test_retry_at_the_cap_is_accepted(client):
+    assert (await post(client, '{"data": 1, "retry": 60000}')).status_code == 202
+
+
+async def history_of(app: Any, channel: str) -> list[bytes]:
+    return [payload for _, payload in (await app.extensions["pushsvc"].broker.history(channel, 0)).entries]
+
+
+@pytest.fixture
+async def app_and_client() -> AsyncIterator[Any]:
+    app = create_app(make_settings(max_batch=1000, max_body_bytes=4 * 1024 * 1024))
+    async with app.test_app() as test_app:
+        yield app, test_app.test_client()
+
+
+async def test_a_repeated_idempotency_key_stores_nothing_and_answers_the_original_ids(app_and_client):
+    app, client = app_and_client
+    body = '[{"channel": "news", "data": 1}, {"channel": ["news", "sport"], "data": 2}]'
+    first = await post(client, body, {"Idempotency-Key": "order-17"})
+    again = await post(client, body, {"Idempotency-Key": '"order-17"'})  # the draft's quoted form
+    assert first.status_code == again.status_code == 202
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await again.get_json() == await first.get_json()
+    assert len(await history_of(app, "news")) == 2 and len(await history_of(app, "sport")) == 1
+
+
+async def test_the_same_key_with_another_body_is_422_and_stores_nothing(app_and_client):
+    app, client = app_and_client
+    assert (await post(client, '{"channel": "news", "data": 1}', {"Idempotency-Key": "k"})).status_code == 202
+    reused = await post(client, '{"channel": "news", "data": 2}', {"Idempotency-Key": "k"})
+    assert reused.status_code == 422
+    assert (await reused.get_json())["error"] == "idempotency_key_reused"
+    assert len(await history_of(app, "news")) == 1
+
+
+async def test_keys_are_scoped_to_the_publishing_credential():
+    app = create_app(Settings(publish_tokens=(TOKEN, "other-token")))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        headers = {"Content-Type": "application/json", "Idempotency-Key": "same"}
+        one = await client.post("/publish", data=b'{"channel": "n", "data": 1}',
+                                headers={**headers, "Authorization": f"Bearer {TOKEN}"})
+        other = await client.post("/publish", data=b'{"channel": "n", "data": 1}',
+                                  headers={**headers, "Authorization": "Bearer other-token"})
+    assert one.status_code == other.status_code == 202
+    assert "Idempotent-Replayed" not in other.headers
+    assert (await one.get_json())["id"] != (await other.get_json())["id"]
+
+
+async def test_per_event_keys_replay_only_their_event(app_and_client):
+    app, client = app_and_client
+    assert (await post(client, '{"channel": "n", "data": 1, "idempotency_key": "e1"}')).status_code == 202
+    batch = await post(client, '[{"channel": "n", "data": 1, "idempotency_key": "e1"}, '
+                               '{"channel": "n", "data": 2, "idempotency_key": "e2"}]')
+    assert batch.status_code == 202 and batch.headers["Idempotent-Replayed"] == "true"
+    ids = [e["id"] for e in (await batch.get_json())["events"]]
+    assert ids[0].endswith("-1") and ids[1].endswith("-2")
+    assert len(await history_of(app, "n")) == 2
+
+
+async def test_header_and_per_event_keys_together_are_400(app_and_client):
+    _, client = app_and_client
+    response = await post(client, '{"data": 1, "idempotency_key": "e1"}', {"Idempotency-Key": "r1"})
+    assert response.status_code == 400
+    assert (await response.get_json())["error"] == "invalid_idempotency_key"
+
+
+async def test_a_batch_too_large_for_the_redis_timeout_is_refused_before_anything_is_stored(app_and_client):
+    app, client = app_and_client
+    channels = [f"c{i}" for i in range(100)]
+    body = json.dumps([{"channel": channels, "data": i} for i in range(51)])  # 5,100 copies > 5,000 (2 s)
+    response = await post(client, body)
+    assert response.status_code == 413
+    assert (await response.get_json())["error"] == "batch_too_large"
+    assert await history_of(app, "c0") == []

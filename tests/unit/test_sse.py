@@ -63,7 +63,7 @@ def test_edge_strings(text):
     assert event.data == text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-@settings(max_examples=20)
+@settings(max_examples=20, deadline=None)  # 64 KiB per example: a loaded CI machine must not fail it on time
 @given(texts.filter(bool))
 def test_64_kib_strings_round_trip(piece):
     text = (piece * (65536 // len(piece) + 1))[:65536]
