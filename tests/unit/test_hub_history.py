@@ -30,7 +30,7 @@ async def test_streams_catching_up_at_once_share_one_read_per_page():
     hub = Hub(broker, Metrics())
     await hub.start()
     try:
-        ids = await broker.publish([Event(("news",), n) for n in range(30)])
+        ids = (await broker.publish([Event(("news",), n) for n in range(30)])).ids
         epoch = ids[0][0].split("-")[0]
         hub.add(Subscriber(("news",), 10, 1 << 20))  # the channel is live in this hub
         need = Position(epoch, 30)

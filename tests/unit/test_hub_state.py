@@ -117,7 +117,7 @@ async def test_a_stream_resuming_where_live_delivery_starts_needs_no_history_dur
     hub = Hub(broker, Metrics())
     await hub.start()
     try:
-        ids = await broker.publish([Event(("news",), n) for n in range(5)])
+        ids = (await broker.publish([Event(("news",), n) for n in range(5)])).ids
         last = ids[-1][0]
         epoch, seq = last.split("-")
         session = StreamSession(hub, hub.metrics, ("news",), [Position(epoch, int(seq))], False, 3000, 100, 1 << 20)

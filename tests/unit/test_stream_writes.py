@@ -127,7 +127,7 @@ async def test_a_replay_goes_page_by_page_and_live_events_meanwhile_wait_under_t
     hub = Hub(broker, Metrics())
     await hub.start()
     try:
-        ids = await broker.publish([Event(("news",), "x" * 1000) for _ in range(200)])
+        ids = (await broker.publish([Event(("news",), "x" * 1000) for _ in range(200)])).ids
         epoch = ids[0][0].split("-")[0]
         session = StreamSession(hub, hub.metrics, ("news",), [Position(epoch, 1)], False, 3000,
                                 queue_size=20, queue_bytes=16 * 1024)
