@@ -23,7 +23,7 @@ from typing import Any
 
 gc.collect()
 gc.freeze()
-gc.set_threshold(200_000, 50, 1000)  # as pushsvc.server.GC_THRESHOLDS
+gc.set_threshold(200_000, 50, 1000)  # pushsvc.gcpolicy.YOUNG_THRESHOLDS (full collections: never)
 
 _HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 

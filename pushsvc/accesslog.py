@@ -5,6 +5,7 @@ some versions), every request header (``%({authorization}i)s``) and the environm
 (``%({pushsvc_jwt_secret}e)s``).  Whatever format hypercorn.toml uses, ``token=`` values,
 credentials headers and secret-looking environment variables come out as ``[redacted]``,
 and control characters in every atom are escaped (``%0a`` in a path cannot forge a line).
+Hypercorn's loggers also take pushsvc's log format.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from hypercorn.logging import Logger
 
-from .logs import escape_controls
+from .logs import adopt, escape_controls
 
 REDACTED = "[redacted]"
 _TOKEN_PARAM = re.compile(r"(?i)(^|[?&;\s])(token=)[^&;\s\"]*")
@@ -39,6 +40,14 @@ def redact_atoms(atoms: Any) -> Any:
 
 
 class RedactingLogger(Logger):
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        # Hypercorn's own lines ("Running on ...", its errors) in pushsvc's format
+        # (PUSHSVC_LOG_FORMAT: text, or one JSON object per line).
+        for logger in (self.error_logger, self.access_logger):
+            if logger is not None:
+                adopt(logger)
+
     def atoms(self, request: Any, response: Any, request_time: float) -> Mapping[str, str]:
         atoms: Mapping[str, str] = redact_atoms(super().atoms(request, response, request_time))
         return atoms

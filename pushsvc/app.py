@@ -13,7 +13,7 @@ from typing import Any, cast
 from quart import Quart, Response
 from werkzeug.exceptions import HTTPException
 
-from . import appauth, cors
+from . import appauth, cors, gcpolicy
 from .asgi import RequestContext
 from .auth import Authority
 from .broker import create_broker
@@ -27,7 +27,7 @@ from .h2fix import correct_hypercorn_h2
 from .hub import Hub
 from .logs import configure as configure_logging
 from .metrics import Metrics
-from .routes import channels, docs, history, ops, pages, publish, stream
+from .routes import admin, channels, debug, docs, history, ops, pages, publish, stream
 from .runtime import Runtime
 
 log = logging.getLogger("pushsvc.app")
@@ -91,9 +91,14 @@ def create_app(settings: Settings | None = None) -> Quart:
         fast_door, settings.trusted_proxies
     )
     correct_hypercorn_h2()  # a stalled HTTP/2 peer must not grow the process (pushsvc/h2fix.py)
+    # A closed connection freed by reference counting under any server start (plain
+    # `hypercorn` too); `pushsvc serve` adds the collector policy (pushsvc/gcpolicy.py).
+    gcpolicy.release_closed_connections()
 
-    for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp, channels.bp, docs.bp, history.bp):
+    for blueprint in (stream.bp, publish.bp, ops.bp, pages.bp, channels.bp, docs.bp, history.bp, admin.bp):
         app.register_blueprint(blueprint)
+    if settings.debug_gc:
+        app.register_blueprint(debug.bp)
 
     @app.before_serving
     async def start() -> None:

@@ -119,6 +119,10 @@ class RequestContext:
         finally:
             request_id_var.reset(token)
             self._log(scope, request_id, status, time.monotonic() - started)
+            # Hypercorn's stream holds the scope, and its `send` holds the stream: a cycle that
+            # would keep the stream, the scope and the session alive until a full collection.
+            scope.pop(RAW_SEND_KEY, None)
+            scope.pop(STREAM_KEY, None)
 
     @staticmethod
     def _log(scope: Scope, request_id: str, status: int, seconds: float) -> None:

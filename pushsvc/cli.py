@@ -1,4 +1,4 @@
-"""The `pushsvc` command: serve, publish, token."""
+"""The `pushsvc` command: serve, publish, token, doctor."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from .broker.scripts import IdempotencyConflict
+from .clierrors import check_arguments, explain, http_failure
 from .config import ConfigError, Settings
-from .events import EventError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -48,7 +47,7 @@ def _publish(args: argparse.Namespace) -> int:
             with urllib.request.urlopen(request, timeout=10) as response:
                 print(response.read().decode())
         except urllib.error.HTTPError as exc:
-            print(exc.read().decode(), file=sys.stderr)
+            print(f"pushsvc: {http_failure(exc, request.full_url)}", file=sys.stderr)
             return 1
         return 0
     from .publisher import Publisher
@@ -87,8 +86,17 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import DEFAULT_IDLE_SECONDS, run
+
+    idle = DEFAULT_IDLE_SECONDS if args.idle is None else args.idle
+    return run(args.url, args.token or os.environ.get("PUSHSVC_TOKEN"), idle, args.origin)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pushsvc", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (anywhere on the command line)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the service under Hypercorn")
@@ -123,16 +131,34 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
     token.add_argument("--sub", default=None, help="optional subject (sub claim)")
     token.set_defaults(func=_token)
+
+    doctor = commands.add_parser(
+        "doctor", help="check a deployment through its public URL (proxy buffering, heartbeats and idle "
+        "timeouts, resume, HTTP version, retry, CORS); exit 0 only when all is well")
+    doctor.add_argument("url", help="the service's public base URL, e.g. https://push.example.com")
+    doctor.add_argument("--token", default=None, help="publish token for the probe events (or PUSHSVC_TOKEN)")
+    doctor.add_argument("--idle", type=float, default=None, metavar="SECONDS",
+                        help="how long an idle stream must survive (default 70, above nginx's 60 s)")
+    doctor.add_argument("--origin", default=None, help="check CORS for a page on this origin")
+    doctor.set_defaults(func=_doctor)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:  # accepted after the command too: `pushsvc serve --debug`
+        argv = ["--debug", *(a for a in argv if a != "--debug")]
     args = build_parser().parse_args(argv)
     try:
+        check_arguments(args)
         code: int = args.func(args)
-    except (ConfigError, EventError, IdempotencyConflict, ValueError) as exc:
-        print(f"pushsvc: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        message, code = explain(exc, args)
+        print(f"pushsvc: {message}", file=sys.stderr)
     return code
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .keys import InvalidKey, load_public_key
+
 
 class ConfigError(ValueError):
     pass
@@ -136,8 +138,9 @@ class Settings:
         50, _int_range(1, 1000), "Channels one `/stream` may ask for."
     )
     max_event_bytes: int = _setting(
-        64 * 1024, _int_range(64, 16 * 1024 * 1024), "Largest event (its wire JSON) accepted by "
-        "`POST /publish` (413 beyond)."
+        256 * 1024, _int_range(64, 16 * 1024 * 1024), "Largest event accepted by `POST /publish` "
+        "(413 beyond), counted as its stored JSON: the `data` value encoded as JSON (a string's quotes and "
+        "escapes included) plus its `type` and `retry` fields; a 64 KiB string fits with the default."
     )
     max_batch: int = _setting(
         1000, _int_range(1, 100_000), "Most events in one `POST /publish` batch (413 beyond)."
@@ -217,6 +220,10 @@ class Settings:
     metrics_dir: str | None = _setting(
         None, _opt_str, "Directory where each worker writes its counters every second so that "
         "any worker's `/metrics` reports the sum; `pushsvc serve --workers N` makes one itself."
+    )
+    debug_gc: bool = _setting(
+        False, _bool, "Development only: serve `/debug/gc` (live objects, and what the garbage "
+        "collector finds in reference cycles, by type) for leak tests."
     )
     log_format: str = _setting("text", _choice("text", "json"), "`text` or `json` (one object "
                                "per line).")
@@ -299,9 +306,10 @@ class Settings:
         if self.jwt_secret is not None and len(self.jwt_secret.encode("utf-8")) < 32:
             raise ConfigError(f"{env_name('jwt_secret')} must be at least 32 bytes (RFC 7518 3.2)")
         if self.jwt_public_key is not None:
-            from .tokens import load_public_key
-
-            load_public_key(self.jwt_public_key)  # ConfigError naming the variable
+            try:
+                load_public_key(self.jwt_public_key)
+            except InvalidKey as exc:
+                raise ConfigError(f"{env_name('jwt_public_key')}: {exc}") from None
         if (self.private_channels and self.jwt_secret is None and self.jwt_public_key is None
                 and self.auth_url is None):
             raise ConfigError(

@@ -11,8 +11,14 @@ other workers' files:
 
 * counters and the histogram are summed over **every** file, including workers that have
   exited, so totals never go backwards when the supervisor restarts a worker;
-* gauges (open streams, subscribed channels) are summed over live workers only (pid alive
-  and snapshot younger than 5 s); ``pushsvc_workers`` says how many that was.
+* gauges (open streams, subscribed channels, resident memory, open descriptors) are summed
+  over live workers only (pid alive and snapshot younger than 5 s); ``pushsvc_workers``
+  says how many that was.
+
+Besides the app's counters: the event loop's lag (how late the hub's one-second ticker
+woke up), the garbage collector's pauses, collections and freed objects by generation
+(`pushsvc.gcpolicy` times them), the workers' resident memory and open descriptors, and
+prometheus-client's standard ``process_*`` metrics of the worker that answered.
 
 So a scrape is at most about a second behind for the other workers.  ``pushsvc serve``
 creates a private directory per run (removed at exit) when ``--workers`` > 1 and
@@ -30,11 +36,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .metrics import LATENCY_BUCKETS
+from . import gcpolicy
+from .metrics import GC, LATENCY_BUCKETS, Histogram
 from .runtime import Runtime
 
 log = logging.getLogger("pushsvc.metrics")
@@ -61,24 +68,69 @@ COUNTER_HELP = {
     "auth_denials": "Subscriptions the app refused (401/403, or a channel left out).",
     "auth_errors": "Callback calls that failed (unreachable, timeout, unexpected answer): refused for now.",
     "auth_cache_hits": "Subscriptions allowed from the cache without calling the app.",
+    "gc_collections": "Garbage collections, by generation.",
+    "gc_collected_objects": "Objects freed by garbage collections (unreachable cycles), by generation.",
+    "gc_scheduled_full_collections": "Full collections run by the ticker (pushsvc serve's GC policy).",
 }
 GAUGE_HELP = {
     "open_streams": "Streams open now.",
     "subscribed_channels": "Channels with a broker subscription now.",
+    "resident_memory_bytes": "Resident memory (RSS) of the worker processes.",
+    "open_fds": "Open file descriptors of the worker processes.",
 }
+#: name -> (help, label name or "", one Histogram per label value); summed over every file.
+HISTOGRAM_HELP = {
+    "publish_latency_seconds": "POST /publish: time to store and publish in the broker.",
+    "event_loop_lag_seconds": "How late the hub's one-second ticker woke up (event loop stalls).",
+    "gc_pause_seconds": "Garbage collection pauses, by generation (2: full collections).",
+}
+GENERATIONS = ("0", "1", "2")
+
+
+def _histograms(rt: Runtime) -> dict[str, Histogram | list[Histogram]]:
+    return {"publish_latency_seconds": rt.metrics.publish_latency,
+            "event_loop_lag_seconds": rt.metrics.loop_lag,
+            "gc_pause_seconds": GC.pause}
+
+
+def _encode(histogram: Histogram) -> dict[str, Any]:
+    return {"counts": list(histogram.counts), "sum": histogram.sum}
+
+
+def process_usage() -> tuple[int, int]:
+    """(resident memory in bytes, open descriptors) of this process, from /proc."""
+    try:
+        with open("/proc/self/statm") as statm:
+            rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        fds = len(os.listdir("/proc/self/fd"))
+    except (OSError, ValueError, IndexError):  # not Linux
+        return 0, 0
+    return rss, fds
 
 
 def local_snapshot(rt: Runtime) -> dict[str, Any]:
     """This process's values, as written to the snapshot file."""
     counters = rt.metrics.snapshot()
     counters["redis_reconnects"] = int(getattr(rt.broker, "reconnects", 0))
-    histogram = rt.metrics.publish_latency
+    counters["gc_scheduled_full_collections"] = GC.scheduled_full
+    for generation in GENERATIONS:
+        counters[f"gc_collections:{generation}"] = GC.collections[int(generation)]
+        counters[f"gc_collected_objects:{generation}"] = GC.collected[int(generation)]
+    histograms: dict[str, Any] = {}
+    for name, value in _histograms(rt).items():
+        if isinstance(value, list):
+            for generation, histogram in zip(GENERATIONS, value, strict=True):
+                histograms[f"{name}:{generation}"] = _encode(histogram)
+        else:
+            histograms[name] = _encode(value)
+    rss, fds = process_usage()
     return {
         "pid": os.getpid(),
         "time": time.time(),
         "counters": counters,
-        "gauges": {"open_streams": rt.hub.stream_count, "subscribed_channels": rt.hub.channel_count},
-        "latency": {"counts": list(histogram.counts), "sum": histogram.sum},
+        "gauges": {"open_streams": rt.hub.stream_count, "subscribed_channels": rt.hub.channel_count,
+                   "resident_memory_bytes": rss, "open_fds": fds},
+        "histograms": histograms,
     }
 
 
@@ -122,8 +174,9 @@ class SnapshotDir:
 def merge(own: dict[str, Any], others: list[tuple[dict[str, Any], bool]]) -> dict[str, Any]:
     counters = dict(own["counters"])
     gauges = dict(own["gauges"])
-    counts = list(own["latency"]["counts"])
-    total = float(own["latency"]["sum"])
+    histograms: dict[str, dict[str, Any]] = {
+        name: {"counts": list(h["counts"]), "sum": float(h["sum"])} for name, h in own["histograms"].items()
+    }
     workers = 1
     for snapshot, live in others:
         for name, value in snapshot.get("counters", {}).items():
@@ -132,12 +185,27 @@ def merge(own: dict[str, Any], others: list[tuple[dict[str, Any], bool]]) -> dic
             workers += 1
             for name, value in snapshot.get("gauges", {}).items():
                 gauges[name] = gauges.get(name, 0) + int(value)
-        latency = snapshot.get("latency") or {}
-        if len(latency.get("counts", ())) == len(counts):
-            counts = [a + int(b) for a, b in zip(counts, latency["counts"], strict=True)]
-            total += float(latency.get("sum", 0.0))
-    return {"counters": counters, "gauges": gauges, "workers": workers,
-            "latency": {"counts": counts, "sum": total}}
+        for name, other in (snapshot.get("histograms") or {}).items():
+            mine = histograms.get(name)
+            if mine is not None and len(other.get("counts", ())) == len(mine["counts"]):
+                mine["counts"] = [a + int(b) for a, b in zip(mine["counts"], other["counts"], strict=True)]
+                mine["sum"] += float(other.get("sum", 0.0))
+    return {"counters": counters, "gauges": gauges, "workers": workers, "histograms": histograms}
+
+
+def _split(name: str) -> tuple[str, dict[str, str]]:
+    """``gc_collections:1`` -> (``gc_collections``, {"generation": "1"})."""
+    base, _, generation = name.partition(":")
+    return base, ({"generation": generation} if generation else {})
+
+
+def _cumulative(counts: list[int]) -> list[tuple[str, float]]:
+    buckets: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip([*map(str, LATENCY_BUCKETS), "+Inf"], counts, strict=True):
+        running += count
+        buckets.append((bound, running))
+    return buckets
 
 
 class PushsvcCollector(Collector):
@@ -153,16 +221,25 @@ class PushsvcCollector(Collector):
             yield GaugeMetricFamily(f"pushsvc_{name}", GAUGE_HELP.get(name, name), value=value)
         yield GaugeMetricFamily("pushsvc_workers", "Worker processes whose values this scrape includes.",
                                 value=values["workers"])
-        for name, value in values["counters"].items():
-            yield CounterMetricFamily(f"pushsvc_{name}", COUNTER_HELP.get(name, name), value=value)
-        cumulative, running = [], 0
-        for bound, count in zip([*map(str, LATENCY_BUCKETS), "+Inf"], values["latency"]["counts"], strict=True):
-            running += count
-            cumulative.append((bound, running))
-        yield HistogramMetricFamily(
-            "pushsvc_publish_latency_seconds", "POST /publish: time to store and publish in the broker.",
-            buckets=cumulative, sum_value=values["latency"]["sum"],
-        )
+        families: dict[str, Metric] = {}
+        for key, value in values["counters"].items():
+            name, labels = _split(key)
+            family = families.get(name)
+            if family is None:
+                family = families[name] = CounterMetricFamily(
+                    f"pushsvc_{name}", COUNTER_HELP.get(name, name), labels=list(labels))
+            assert isinstance(family, CounterMetricFamily)
+            family.add_metric(list(labels.values()), value)
+        yield from families.values()
+        histograms: dict[str, HistogramMetricFamily] = {}
+        for key, histogram in values["histograms"].items():
+            name, labels = _split(key)
+            if name not in HISTOGRAM_HELP:
+                continue
+            if name not in histograms:
+                histograms[name] = HistogramMetricFamily(f"pushsvc_{name}", HISTOGRAM_HELP[name], labels=list(labels))
+            histograms[name].add_metric(list(labels.values()), _cumulative(histogram["counts"]), histogram["sum"])
+        yield from histograms.values()
 
 
 class Exporter:
@@ -174,6 +251,8 @@ class Exporter:
         self.snapshots = SnapshotDir(path) if path else None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PushsvcCollector(rt, self.snapshots))
+        ProcessCollector(registry=self.registry)  # process_*: the worker that answered
+        gcpolicy.watch()
         self._task: asyncio.Task[None] | None = None
 
     def render(self) -> bytes:

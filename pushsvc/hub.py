@@ -5,10 +5,12 @@ The hub is the broker's listener.  Each message is parsed and SSE-encoded once i
 of its channel.  A subscriber whose queue is full is cut (never waited for): its stream
 ends and the browser resumes from history with ``Last-Event-ID``.
 
-Per channel the hub tracks whether the broker subscription is confirmed ("synced") and
-the channel's latest position; when a subscription is (re)confirmed it reads the
+Per channel the hub keeps a `hub_state.ChannelSync` (the subscription's named state and
+the channel's latest position); when a subscription is (re)confirmed it decides the sync
 position once and tells every subscriber with a `Sync` item, so streams catch up from
-history exactly when a gap is possible -- at start and after a reconnect.
+history exactly when a gap is possible -- at start and after a reconnect.  History reads
+for catch-ups go through `Hub.history`, one page at a time, shared by the streams that
+need the same page at once.
 
 One ticker task serves every stream: heartbeats for idle ones, token expiry, the write
 deadline (a stream whose write has been pending for `write_timeout_seconds` is ended), and
@@ -23,39 +25,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import gcpolicy
 from .broker import Broker, BrokerUnavailable, History
+from .cursor import CLOSE, ENDING, EXPIRED, OVERFLOW, PING, Control, Sync
 from .events import EventError, Frame, parse_message
+from .hub_state import ChannelSync
 from .metrics import Metrics
-from .resume import EMPTY, Position
+from .resume import Position
+
+__all__ = ["CLOSE", "ENDING", "EXPIRED", "OVERFLOW", "PING", "TAKE_MAX_BYTES", "Control", "Hub", "Subscriber", "Sync"]
 
 log = logging.getLogger("pushsvc.hub")
 
 
-class Control:
-    """A control item in a subscriber queue."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"<{self.name}>"
-
-
-PING = Control("ping")
-CLOSE = Control("close")  # server draining: send a jittered retry and end
-OVERFLOW = Control("overflow")  # slow consumer: end now
-EXPIRED = Control("expired")  # subscriber token expired
-
 #: The most bytes of frames a stream takes from its queue for one write.
 TAKE_MAX_BYTES = 256 * 1024
-
-
-@dataclass(slots=True)
-class Sync:
-    channel: str
-    position: Position
 
 
 class Subscriber:
@@ -167,19 +151,47 @@ class Subscriber:
         self.nbytes -= taken
         return items
 
+    def untake(self, items: list[Any]) -> None:
+        """Put items taken but not used back in front of the queue (a catch-up started
+        before them): they count against the bound again while the stream replays."""
+        if items and not self.cut:
+            self.items[:0] = items
+            self.nbytes += sum(len(item.single) for item in items if type(item) is Frame)
+
+    def ending(self) -> Control | None:
+        """A queued control that ends the stream (overflow, close, expiry), if any."""
+        for item in self.items:
+            if type(item) is Control and item in ENDING:
+                return item
+        return None
+
 
 @dataclass(slots=True)
 class _Channel:
     subscribers: set[Subscriber] = field(default_factory=set)
-    synced: bool = False
-    position: Position = EMPTY
+    sync: ChannelSync = field(default_factory=ChannelSync)
     idle_since: float | None = None
-    resyncing: bool = False
-    resync_again: bool = False
-    watching: bool = False  # a resync is deciding its position: note the first live frame
-    first_live: Position | None = None
-    history: tuple[int, History, float] | None = None  # (read after seq, result, when)
+    history: _SharedRead | None = None
     history_pending: asyncio.Future[None] | None = None
+
+
+@dataclass(slots=True)
+class _SharedRead:
+    """The last history read of a channel, reused for a second by streams it serves."""
+
+    after_seq: int
+    limit: int | None
+    result: History
+    at: float
+
+    def serves(self, after_seq: int, need: Position) -> bool:
+        result = self.result
+        if self.after_seq > after_seq or result.epoch != need.epoch or result.last_seq < need.seq:
+            return False
+        entries = result.entries
+        # It must hold the entries right after `after_seq`, or reach the end of history.
+        return (self.limit is None or len(entries) < self.limit
+                or (bool(entries) and entries[-1][0] > after_seq))
 
 
 class Hub:
@@ -239,6 +251,10 @@ class Hub:
     def channel_count(self) -> int:
         return len(self._channels)
 
+    def channel_names(self) -> list[str]:
+        """Channels this process's streams listen to (the admin page's list)."""
+        return [name for name, state in self._channels.items() if state.subscribers]
+
     def local_subscribers(self, channel: str) -> int:
         state = self._channels.get(channel)
         return 0 if state is None else len(state.subscribers)
@@ -255,8 +271,8 @@ class Hub:
                 self.broker.subscribe(channel)
             state.subscribers.add(sub)
             state.idle_since = None
-            if state.synced:
-                sub.push_control(Sync(channel, state.position))
+            if state.sync.synced:
+                sub.push_control(Sync(channel, state.sync.position))
 
     def remove(self, sub: Subscriber) -> None:
         if sub not in self._subscribers:
@@ -288,9 +304,7 @@ class Hub:
             log.warning("dropped an invalid message", extra={"channel": channel, "reason": exc.detail})
             return
         if frame.epoch is not None:
-            state.position = Position(frame.epoch, frame.seq)
-            if state.watching and state.first_live is None:
-                state.first_live = state.position
+            state.sync.live(Position(frame.epoch, frame.seq))
         self.metrics.events_received += 1
         cut: list[Subscriber] = []
         for sub in state.subscribers:
@@ -304,14 +318,8 @@ class Hub:
 
     def on_subscribed(self, channel: str) -> None:
         state = self._channels.get(channel)
-        if state is None:
-            return
-        if state.resyncing:
-            state.resync_again = True
-            return
-        state.resyncing = True
-        state.watching = True
-        state.first_live = None
+        if state is None or not state.sync.confirmed():
+            return  # gone, or a pass is running and will run again
         task = asyncio.get_running_loop().create_task(self._resync(channel, state))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -323,60 +331,43 @@ class Hub:
         Read the channel's position S, then a barrier on the pub/sub connection: every
         event published before the read has then been received.  If live frames arrived
         since the confirmation, the first one (L) shows where live delivery starts:
-        streams need history only up to L - 1; otherwise up to S.
+        streams need history only up to L - 1; otherwise up to S (`ChannelSync.decide`).
         """
         delay = 0.1
-        try:
-            while self._channels.get(channel) is state:
-                state.resync_again = False
-                state.watching = True
-                state.first_live = None
-                try:
-                    position = await self.broker.position(channel)
-                    await self.broker.barrier()
-                except BrokerUnavailable:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-                    continue
-                state.watching = False
-                first = state.first_live
-                if first is not None and first.epoch == position.epoch and first.seq <= position.seq:
-                    sync_at = Position(position.epoch, first.seq - 1)
-                else:
-                    sync_at = position
-                if first is None or state.position.epoch != sync_at.epoch:
-                    state.position = sync_at
-                state.synced = True
-                for sub in state.subscribers:
-                    sub.push_control(Sync(channel, sync_at))
-                if not state.resync_again:
-                    return
-        finally:
-            state.resyncing = False
-            state.watching = False
+        sync = state.sync
+        while self._channels.get(channel) is state:
+            try:
+                position = await self.broker.position(channel)
+                await self.broker.barrier()
+            except BrokerUnavailable:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                sync.restart()
+                continue
+            sync_at, again = sync.decide(position)
+            for sub in state.subscribers:
+                sub.push_control(Sync(channel, sync_at))
+            if not again:
+                return
 
     # -- shared history reads ----------------------------------------------------------
 
-    async def history(self, channel: str, after_seq: int, need: Position) -> History:
-        """A history read for a stream's catch-up, shared by the streams that need it at once.
+    async def history(self, channel: str, after_seq: int, need: Position, limit: int | None = None) -> History:
+        """A history page for a stream's catch-up (at most `limit` entries after
+        `after_seq`), shared by the streams that need it at once.
 
         After a Redis restart or a reconnect every stream of a channel catches up at the
         same moment; one read (single flight, reused for a second) serves all whose
-        position it covers: read after at most their sequence, and reaching `need`.
+        position it covers: read after at most their sequence, reaching `need`, and holding
+        the entries right after their sequence.
         """
         state = self._channels.get(channel)
         if state is None:
-            return await self.broker.history(channel, after_seq)
+            return await self.broker.history(channel, after_seq, limit)
         for _ in range(2):
             cached = state.history
-            if (
-                cached is not None
-                and cached[0] <= after_seq
-                and cached[1].epoch == need.epoch
-                and cached[1].last_seq >= need.seq
-                and time.monotonic() - cached[2] < 1.0
-            ):
-                return cached[1]
+            if cached is not None and time.monotonic() - cached.at < 1.0 and cached.serves(after_seq, need):
+                return cached.result
             pending = state.history_pending
             if pending is None:
                 break
@@ -384,8 +375,8 @@ class Hub:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         state.history_pending = done
         try:
-            result = await self.broker.history(channel, after_seq)
-            state.history = (after_seq, result, time.monotonic())
+            result = await self.broker.history(channel, after_seq, limit)
+            state.history = _SharedRead(after_seq, limit, result, time.monotonic())
             return result
         finally:
             done.set_result(None)
@@ -395,10 +386,14 @@ class Hub:
     # -- ticker ------------------------------------------------------------------------
 
     async def _tick_forever(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            due = loop.time() + self.tick
             await asyncio.sleep(self.tick)
+            self.metrics.loop_lag.observe(max(0.0, loop.time() - due))
             try:
                 self._tick(time.monotonic())
+                gcpolicy.on_tick(self.metrics.streams_opened - len(self._subscribers))  # closed streams
             except Exception:  # the ticker must survive anything
                 log.exception("ticker failed")
 
@@ -425,5 +420,5 @@ class Hub:
             del self._channels[name]
             self.broker.unsubscribe(name)
         for state in self._channels.values():
-            if state.history is not None and now - state.history[2] >= 1.0:
+            if state.history is not None and now - state.history.at >= 1.0:
                 state.history = None

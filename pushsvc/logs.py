@@ -92,3 +92,11 @@ def configure(fmt: str = "text", level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+
+
+def adopt(logger: logging.Logger) -> None:
+    """Give another library's logger (Hypercorn's) the format `configure` set up."""
+    ours = logging.getLogger("pushsvc").handlers
+    if ours and ours[0].formatter is not None:
+        for handler in logger.handlers:
+            handler.setFormatter(ours[0].formatter)

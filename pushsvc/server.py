@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
+import errno
 import logging
 import multiprocessing
 import os
@@ -25,12 +25,12 @@ import socket
 import tempfile
 import time
 from multiprocessing.connection import wait as wait_for_sentinels
-from pathlib import Path
 from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
+from . import gcpolicy, serverconfig
 from .accesslog import RedactingLogger
 from .config import ConfigError, Settings
 from .logs import configure as configure_logging
@@ -41,10 +41,28 @@ DEFAULT_BIND = "127.0.0.1:8000"
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
+class ListenError(ConfigError):
+    """The listening socket could not be made: names the address and what to do."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        self.address, self.errno = f"{host}:{port}", error.errno
+        if isinstance(error, socket.gaierror):
+            hint = f"{host!r} is not a known host name or IP address; use an address of this machine"
+        elif error.errno == errno.EADDRINUSE:
+            hint = "the port is in use (another pushsvc still running?); stop that process or choose another --bind"
+        elif error.errno == errno.EACCES:
+            hint = "permission denied (ports below 1024 need privileges); choose a port above 1023"
+        elif error.errno == errno.EADDRNOTAVAIL:
+            hint = f"{host} is not an address of this machine; use 127.0.0.1, 0.0.0.0 or one of its own"
+        else:
+            hint = error.strerror or str(error)
+        super().__init__(f"cannot listen on {self.address}: {hint}")
+
+
 def parse_bind(bind: str) -> tuple[str, int]:
     host, sep, port = bind.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--bind {bind!r} must be HOST:PORT")
+        raise ConfigError(f"--bind {bind!r} must be HOST:PORT, e.g. 127.0.0.1:8000 or 0.0.0.0:8000")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -60,31 +78,24 @@ def listen_socket(
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, tcp_user_timeout_ms)
     if send_buffer_bytes:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
-    sock.bind((host, port))
-    sock.listen(backlog)
+    try:
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(host, port, exc) from None
     sock.set_inheritable(True)
     return sock
 
 
 def hypercorn_config(path: str | None) -> Config:
-    if path is None and Path("hypercorn.toml").is_file():
-        path = "hypercorn.toml"
-    config = Config.from_toml(path) if path else Config()
-    return config
-
-
-# Garbage collection was a third of the CPU of a 10,000-stream fan-out (py-spy --native:
-# gc_collect_main 36% of samples): every event wakes 10,000 tasks, transient objects alive
-# at a collection are promoted, and full collections traverse every connection's objects.
-# A larger young-generation threshold lets transients die before they are examined, and
-# objects that live as long as the process (modules, the app) are frozen out of the scans.
-GC_THRESHOLDS = (200_000, 50, 1000)
+    """`--config PATH`, else ./hypercorn.toml, else the packaged defaults (see serverconfig)."""
+    return serverconfig.load(serverconfig.locate(path))
 
 
 def tune_gc() -> None:
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    """The garbage-collection policy of a served process (why: `pushsvc.gcpolicy`)."""
+    gcpolicy.install()
 
 
 def asgi_app(app: Any) -> Any:
@@ -164,9 +175,12 @@ def serve(settings: Settings, bind: str, workers: int, config_path: str | None) 
             "between processes"
         )
     host, port = parse_bind(bind)
-    config = hypercorn_config(config_path)
+    source = serverconfig.locate(config_path)
+    config = serverconfig.load(source)
     sock = listen_socket(host, port, settings.tcp_user_timeout_ms, config.backlog, settings.send_buffer_bytes)
-    log.info("listening", extra={"bind": f"{host}:{sock.getsockname()[1]}", "workers": workers})
+    log.info("hypercorn configuration", extra={"config": source.path, "from": source.origin})
+    log.info("listening", extra={"bind": f"{host}:{sock.getsockname()[1]}", "workers": workers,
+                                 "backlog": config.backlog})
     if workers <= 1:
         run_worker(settings, config_path, sock)
         return 0

@@ -20,15 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from .config import ConfigError, Settings, env_name
+from .config import Settings
+from .keys import PublicKey, load_public_key
 from .patterns import PATTERN_RE
 
 CLAIM = "pushsvc"
 MAX_TOKEN_BYTES = 8192
-PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 
 class TokenError(Exception):
@@ -47,25 +45,6 @@ class Grant:
     publish: tuple[str, ...]
     expires: float | None  # wall-clock `exp`
     subject: str | None = None  # `sub` (the scope of a publisher's idempotency keys)
-
-
-def load_public_key(pem: str) -> tuple[PublicKey, str]:
-    """(key, algorithm) from PEM text; ConfigError naming PUSHSVC_JWT_PUBLIC_KEY."""
-    name = env_name("jwt_public_key")
-    text = pem.replace("\\n", "\n").strip()  # PEM squeezed onto one line in an env file
-    try:
-        key = load_pem_public_key(text.encode("ascii"))
-    except (ValueError, TypeError, UnicodeEncodeError):
-        raise ConfigError(f"{name} is not a PEM public key ('-----BEGIN PUBLIC KEY-----' ...)") from None
-    if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < 2048:
-            raise ConfigError(f"{name}: an RSA key needs at least 2048 bits")
-        return key, "RS256"
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        if not isinstance(key.curve, ec.SECP256R1):
-            raise ConfigError(f"{name}: an EC key must be on P-256 (ES256)")
-        return key, "ES256"
-    raise ConfigError(f"{name}: only RSA (RS256) and EC P-256 (ES256) keys are supported")
 
 
 _REASONS: list[tuple[type[jwt.InvalidTokenError], str]] = [

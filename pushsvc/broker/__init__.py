@@ -49,7 +49,7 @@ class Published:
 
 @dataclass(slots=True)
 class History:
-    """A channel's state and the retained entries after some sequence number."""
+    """A channel's state and (a page of) the retained entries after some sequence number."""
 
     epoch: str | None
     last_seq: int
@@ -90,7 +90,9 @@ class Broker(Protocol):
     async def barrier(self) -> None:
         """Return once every message published before the call has reached the listener."""
 
-    async def history(self, channel: str, after_seq: int) -> History: ...
+    async def history(self, channel: str, after_seq: int, limit: int | None = None) -> History:
+        """The channel's epoch, last and first retained sequence, and up to `limit` retained
+        entries after `after_seq` (all of them when `limit` is None), oldest first."""
 
     def status(self) -> tuple[bool, str]:
         """(ready, reason) for /readyz."""

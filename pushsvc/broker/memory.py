@@ -127,10 +127,12 @@ class MemoryBroker:
         state = self._live(channel)
         return EMPTY if state is None else Position(state.epoch, state.seq)
 
-    async def history(self, channel: str, after_seq: int) -> History:
+    async def history(self, channel: str, after_seq: int, limit: int | None = None) -> History:
         state = self._live(channel)
         if state is None:
             return History(None, 0, None, [])
-        first = state.entries[0][0] if state.entries else None
-        entries = [entry for entry in state.entries if entry[0] > after_seq]
-        return History(state.epoch, state.seq, first, entries)
+        retained = state.entries
+        first = retained[0][0] if retained else None
+        start = 0 if first is None else max(0, after_seq + 1 - first)  # sequences are dense
+        stop = len(retained) if limit is None else min(len(retained), start + limit)
+        return History(state.epoch, state.seq, first, [retained[k] for k in range(start, stop)])

@@ -216,13 +216,13 @@ class RedisBroker:
             return EMPTY
         return Position(_text(epoch), int(seq or 0))
 
-    async def history(self, channel: str, after_seq: int) -> History:
+    async def history(self, channel: str, after_seq: int, limit: int | None = None) -> History:
         try:
             async with asyncio.timeout(self.timeout):
                 async with self.client.pipeline(transaction=True) as pipe:
                     pipe.hmget(meta_key(channel), ["epoch", "seq"])
                     pipe.xrange(history_key(channel), "-", "+", count=1)
-                    pipe.xrange(history_key(channel), f"0-{after_seq + 1}", "+")
+                    pipe.xrange(history_key(channel), f"0-{after_seq + 1}", "+", count=limit)
                     (epoch, seq), first, entries = await pipe.execute()
         except _UNAVAILABLE as exc:
             raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc

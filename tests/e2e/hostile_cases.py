@@ -105,7 +105,7 @@ CASES = [
     Case("1,000 events x 6 channels (over 5,000 copies per request)", "POST", "/publish",
          j([{"channel": [f"c{c}" for c in range(6)], "data": i} for i in range(1000)]), status=413,
          error="batch_too_large"),
-    Case("event over PUSHSVC_MAX_EVENT_BYTES", "POST", "/publish", j({"data": "x" * 70000}), status=413,
+    Case("event over PUSHSVC_MAX_EVENT_BYTES", "POST", "/publish", j({"data": "x" * 300000}), status=413,
          error="event_too_large"),
     Case("body over PUSHSVC_MAX_BODY_BYTES", "POST", "/publish", j({"data": "x" * 1100000}), status=413,
          error="request_entity_too_large"),

@@ -110,6 +110,12 @@ def test_cmd_starts_the_service_from_a_clean_venv_built_like_the_image(tmp_path:
         # Package data made it into the non-editable install: the demo page and the API doc.
         assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=5).json()["openapi"].startswith("3.")
+        assert httpx.get(f"http://127.0.0.1:{port}/admin", timeout=5).status_code == 200
+        packaged = subprocess.run(  # the defaults `pushsvc serve` falls back on outside a checkout
+            [str(bin_dir / "python"), "-c", "from importlib.resources import files; import sys; "
+             "sys.stdout.write(files('pushsvc').joinpath('hypercorn.toml').read_text())"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30, check=True).stdout
+        assert packaged == (ROOT / "hypercorn.toml").read_text()
         healthcheck = json.loads(only("HEALTHCHECK").split("CMD", 1)[1])
         healthcheck = [c.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for c in healthcheck]
         assert subprocess.run(healthcheck, env=env, timeout=10).returncode == 0

@@ -91,17 +91,49 @@ async def test_metrics_of_two_workers_are_summed_whichever_worker_answers(servic
         assert samples["pushsvc_subscribed_channels"] >= 1
         assert samples["pushsvc_events_received_total"] == 2 * published  # each worker got each event once
         assert samples['pushsvc_publish_latency_seconds_bucket{le=+Inf}'] == published
+        # Memory is summed over both workers; process_* is the answering worker's alone.
+        assert samples["pushsvc_resident_memory_bytes"] > samples["process_resident_memory_bytes"] > 10 * 2**20
         for name in ("pushsvc_events_delivered_total", "pushsvc_events_replayed_total",
                      "pushsvc_slow_consumer_disconnects_total", "pushsvc_redis_reconnects_total"):
             assert name in samples
-        # No per-channel (unbounded) labels: the only label is the histogram's `le`.
-        assert all("{" not in key or key.startswith("pushsvc_publish_latency_seconds_bucket{le=")
-                   for key in samples)
+        # No per-channel (unbounded) labels: the only labels are histogram buckets (`le`) and
+        # the collector's generation (0, 1, 2).
+        labels = {part.split("=")[0] for key in samples if "{" in key for part in key[key.index("{") + 1:-1].split(",")}
+        assert labels <= {"le", "generation"}
     finally:
         for stream in streams:
             await stream.close()
     await until_scrape(service, lambda s: s["pushsvc_open_streams"] == 0
                        and s["pushsvc_events_delivered_total"] == 6 * published)
+
+
+async def test_metrics_show_event_loop_lag_garbage_collection_and_process_usage(service_factory):
+    service = service_factory()
+    first = await until_scrape(service, lambda s: s["pushsvc_event_loop_lag_seconds_count"] >= 2)
+    assert first["pushsvc_event_loop_lag_seconds_bucket{le=+Inf}"] == first["pushsvc_event_loop_lag_seconds_count"]
+    for generation in ("0", "1", "2"):
+        assert f"pushsvc_gc_collections_total{{generation={generation}}}" in first
+        assert f"pushsvc_gc_collected_objects_total{{generation={generation}}}" in first
+        assert f"pushsvc_gc_pause_seconds_bucket{{generation={generation},le=+Inf}}" in first
+    # `pushsvc serve` collects everything once before freezing the start-up objects: timed.
+    assert first["pushsvc_gc_collections_total{generation=2}"] >= 1
+    assert first["pushsvc_gc_pause_seconds_sum{generation=2}"] > 0
+    assert "pushsvc_gc_scheduled_full_collections_total" in first
+    assert first["pushsvc_resident_memory_bytes"] > 10 * 2**20
+    assert first["process_resident_memory_bytes"] > 10 * 2**20
+    baseline_fds = first["pushsvc_open_fds"]
+    assert abs(baseline_fds - first["process_open_fds"]) <= 2  # one process: the same count, a scrape apart
+    streams = [await SSEClient.open(service.port, ["fds"]) for _ in range(8)]
+    try:
+        for stream in streams:
+            await stream.wait_open()
+        await until_scrape(service, lambda s: s["pushsvc_open_fds"] >= baseline_fds + 8)
+    finally:
+        for stream in streams:
+            await stream.close()
+    lagging = await until_scrape(service, lambda s: s["pushsvc_event_loop_lag_seconds_count"]
+                                 >= first["pushsvc_event_loop_lag_seconds_count"] + 2)
+    assert lagging["pushsvc_event_loop_lag_seconds_sum"] >= first["pushsvc_event_loop_lag_seconds_sum"]
 
 
 async def test_redis_reconnects_are_counted(service_factory, private_redis):

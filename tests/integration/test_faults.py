@@ -101,7 +101,8 @@ async def test_restart_without_persistence_resets_streams_then_delivers_live(ser
         assert response.status_code == 202
         reset = await client.next_event(10)
         assert reset.type == "pushsvc.reset"
-        assert json.loads(reset.data) == {"reason": "history_lost", "channels": ["news"]}
+        assert json.loads(reset.data) == {"reason": "history_lost", "channels": ["news"],
+                                          "position": reset.last_event_id}
         live = await client.next_event(10)
         assert live.data == "after" and live.last_event_id == response.json()["id"]
     finally:

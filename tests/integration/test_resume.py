@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from typing import Any
 
 import httpx
 import pytest
 
+from pushsvc.events import parse_message
 from pushsvc.publisher import AsyncPublisher
 from tests.support.helpers import metric, publish
+from tests.support.procs import RedisServer
 from tests.support.sse_client import SSEClient
 
 pytestmark = pytest.mark.redis
@@ -164,7 +167,8 @@ async def test_id_older_than_history_gets_a_reset_event_then_live(service_factor
     try:
         reset = await client.next_event()
         assert reset.type == "pushsvc.reset"
-        assert json.loads(reset.data) == {"reason": "too_old", "channels": ["capped"]}
+        assert json.loads(reset.data) == {"reason": "too_old", "channels": ["capped"],
+                                          "position": reset.last_event_id}
         assert reset.last_event_id.endswith("-60")
         await publish(http, service, {"channel": "capped", "data": "live"})
         live = await client.next_event()
@@ -204,7 +208,9 @@ async def test_lost_history_gets_a_reset_naming_only_that_channel(service_factor
         got = {(first.type, first.data), (second.type, second.data)}
         assert ("message", "kept") in got
         reset = first if first.type == "pushsvc.reset" else second
-        assert json.loads(reset.data) == {"reason": "history_lost", "channels": ["lose"]}
+        data = json.loads(reset.data)
+        assert (data["reason"], data["channels"]) == ("history_lost", ["lose"])
+        assert data["position"] == reset.last_event_id
     finally:
         await client.close()
 
@@ -300,3 +306,118 @@ async def test_new_stream_opened_mid_burst_gets_every_event_after_its_opening_po
             assert not [e for e in client._events if e.type == "pushsvc.reset"]  # live delivery is exact
         finally:
             await client.close()
+
+
+async def test_id_beyond_the_channel_sequence_gets_unreadable_id_then_every_live_event(
+    service_factory, broker_env, http
+):
+    service = service_factory(broker_env)
+    ids = await publish_many(http, service, "ahead", ["a", "b"])
+    epoch = ids[0]["id"].split("-")[0]
+    client = await SSEClient.open(service.port, ["ahead"], last_event_id=f"{epoch}-999999999999999999")
+    try:
+        reset = await client.next_event()
+        assert reset.type == "pushsvc.reset"
+        assert json.loads(reset.data) == {"reason": "unreadable_id", "channels": ["ahead"],
+                                          "position": ids[1]["id"]}
+        await publish_many(http, service, "ahead", ["c", "d"])
+        assert [e.data for e in await client.events(2)] == ["c", "d"]
+    finally:
+        await client.close()
+
+
+async def test_redis_killed_without_persistence_gives_one_history_lost_reset_then_every_later_event(
+    service_factory, http
+):
+    redis_server = RedisServer()  # no persistence: kill -9 loses every key
+    redis_server.start()
+    service = service_factory({"PUSHSVC_REDIS_URL": redis_server.url, "PUSHSVC_REDIS_TIMEOUT_SECONDS": "0.5"})
+    client = await SSEClient.open(service.port, ["crash"])
+    accepted: list[tuple[int, str]] = []  # (n, id) answered 202
+    restarted = asyncio.Event()
+    after_restart = asyncio.Event()
+
+    async def keep_publishing() -> None:
+        n = 0
+        while True:
+            try:
+                response = await publish(http, service, {"channel": "crash", "data": n})
+            except httpx.HTTPError:
+                response = None
+            if response is not None and response.status_code == 202:
+                accepted.append((n, response.json()["id"]))
+                if restarted.is_set() and sum(1 for _, i in accepted if i.split("-")[0] != epoch) >= 50:
+                    after_restart.set()
+            n += 1
+            await asyncio.sleep(0.005)
+
+    try:
+        await client.wait_open()
+        publisher = asyncio.create_task(keep_publishing())
+        try:
+            await asyncio.wait_for(_until(lambda: len(accepted) >= 30), 10)
+            epoch = accepted[0][1].split("-")[0]
+            redis_server.kill()  # SIGKILL while the publisher runs
+            redis_server.start()
+            restarted.set()
+            await asyncio.wait_for(after_restart.wait(), 30)
+        finally:
+            publisher.cancel()
+            await asyncio.gather(publisher, return_exceptions=True)
+        last = accepted[-1]
+        await client.until(lambda c: any(e.data == str(last[0]) for e in c._events), timeout=15)
+        events = client._events
+        resets = [k for k, e in enumerate(events) if e.type == "pushsvc.reset"]
+        assert len(resets) == 1, [e.data for e in events if e.type == "pushsvc.reset"]
+        reset = events[resets[0]]
+        data = json.loads(reset.data)
+        assert (data["reason"], data["channels"], data["position"]) == ("history_lost", ["crash"], reset.last_event_id)
+        before, after = events[:resets[0]], events[resets[0] + 1:]
+        seqs = [int(e.last_event_id.split("-")[1]) for e in before]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gap, no duplicate before the crash
+        new_epoch = accepted[-1][1].split("-")[0]
+        assert new_epoch != epoch
+        p = 0 if data["position"] == "0" else int(data["position"].split("-")[1])
+        if data["position"] != "0":
+            assert data["position"].split("-")[0] == new_epoch
+        got = [(e.last_event_id, int(e.data)) for e in after]
+        assert all(i.split("-")[0] == new_epoch for i, _ in got)
+        assert [int(i.split("-")[1]) for i, _ in got] == list(range(p + 1, p + 1 + len(got)))  # gap-free from it
+        owed = [(i, n) for n, i in accepted if i.split("-")[0] == new_epoch and int(i.split("-")[1]) > p]
+        assert set(owed) <= set(got) and owed  # every event accepted after the reset's position
+    finally:
+        await client.close()
+        redis_server.stop()
+
+
+async def _until(predicate: Any, interval: float = 0.01) -> None:
+    while not predicate():
+        await asyncio.sleep(interval)
+
+
+async def test_an_event_on_several_channels_reaches_a_stream_of_several_of_them_once_live_and_in_replay(
+    service_factory, redis_server, redis_url, http
+):
+    service = service_factory({"PUSHSVC_REDIS_URL": redis_url})
+    client = await SSEClient.open(service.port, ["m1", "m2"])
+    await client.wait_open()
+    try:
+        await publish(http, service, {"channel": ["m1", "m2"], "data": "both"})
+        with redis_server.client() as r:
+            stored = r.xrange("pushsvc:{m1}:history")[-1][1][b"m"]
+        if parse_message("m1", stored).eid is None:
+            pytest.xfail("the publish script does not write the event identity yet (helper H3's part of issue 12)")
+        await publish(http, service, {"channel": "m2", "data": "m2 only"})
+        assert [e.data for e in await client.events(2)] == ["both", "m2 only"]
+        last_id = client.last_event_id
+    finally:
+        await client.close()
+    for n in range(3):
+        await publish(http, service, {"channel": ["m2", "m1"], "data": f"again {n}"})
+    again = await SSEClient.open(service.port, ["m2", "m1"], last_event_id=last_id)
+    try:
+        assert [e.data for e in await again.events(3)] == [f"again {n}" for n in range(3)]
+        await publish(http, service, {"channel": "m1", "data": "live"})
+        assert (await again.next_event()).data == "live"  # nothing else came in between
+    finally:
+        await again.close()

@@ -22,13 +22,14 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def stalled_reader(port: int, channel: str, rcvbuf: int = 4096) -> socket.socket:
+def stalled_reader(port: int, channel: str, rcvbuf: int = 4096, last_event_id: str | None = None) -> socket.socket:
     """Open a stream, read its headers, then never read again (a phone in a tunnel)."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.settimeout(5)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(f"GET /stream?channel={channel} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    resume = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
+    sock.sendall(f"GET /stream?channel={channel} HTTP/1.1\r\nHost: x\r\n{resume}\r\n".encode())
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = sock.recv(1)

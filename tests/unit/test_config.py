@@ -82,3 +82,22 @@ def test_configuration_doc_lists_every_setting():
     text = CONFIGURATION_DOC.read_text()
     start = text.index("<!-- settings:start -->") + len("<!-- settings:start -->")
     assert text[start:text.index("<!-- settings:end -->")].strip() == settings_markdown()
+
+
+@pytest.mark.parametrize("pem,reason", [
+    ("not a key", "is not a PEM public key"),
+    ("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----", "is not a PEM public key"),
+])
+def test_a_bad_jwt_public_key_stops_start_up_naming_the_variable(pem, reason):
+    with pytest.raises(ConfigError, match=f"PUSHSVC_JWT_PUBLIC_KEY: {reason}"):
+        Settings.from_env({"PUSHSVC_JWT_PUBLIC_KEY": pem})
+
+
+def test_configuration_does_not_import_the_token_verifier():
+    """No import cycle: config validates keys with pushsvc.keys, and only tokens imports config."""
+    import subprocess
+    import sys
+
+    code = "import sys, pushsvc.config; print('pushsvc.tokens' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "False"

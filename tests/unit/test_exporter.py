@@ -15,7 +15,9 @@ def snapshot(pid: int, published: int, streams: int, **extra: object) -> dict[st
     counts = [0] * (len(LATENCY_BUCKETS) + 1)
     counts[2] = published
     return {"pid": pid, "time": time.time(), "counters": {"events_published": published},
-            "gauges": {"open_streams": streams}, "latency": {"counts": counts, "sum": 0.001 * published},
+            "gauges": {"open_streams": streams},
+            "histograms": {"publish_latency_seconds": {"counts": counts, "sum": 0.001 * published},
+                           "gc_pause_seconds:2": {"counts": counts, "sum": 0.0}},
             **extra}
 
 
@@ -25,7 +27,8 @@ def test_counters_include_exited_workers_and_gauges_only_live_ones():
     assert merged["counters"]["events_published"] == 23
     assert merged["gauges"]["open_streams"] == 5
     assert merged["workers"] == 2
-    assert sum(merged["latency"]["counts"]) == 23
+    assert sum(merged["histograms"]["publish_latency_seconds"]["counts"]) == 23
+    assert sum(merged["histograms"]["gc_pause_seconds:2"]["counts"]) == 23
 
 
 def test_snapshot_dir_reads_other_workers_and_tells_dead_or_final_ones(tmp_path):

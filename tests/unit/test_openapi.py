@@ -59,8 +59,9 @@ def _callee(node: ast.Call, namespace: dict[str, Any]) -> Any:
 
 
 def _int_literal(node: ast.AST | None) -> int | None:
+    """An HTTP status written as a literal (100-599); other ints (a `return 0, 0`) are not."""
     if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
-        return node.value
+        return node.value if 100 <= node.value <= 599 else None
     return None
 
 

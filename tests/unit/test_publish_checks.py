@@ -29,7 +29,7 @@ def publisher():
 
 
 @pytest.mark.parametrize("kwargs,code", [
-    ({"channel": "n", "data": "x" * (64 * 1024 + 1)}, "event_too_large"),
+    ({"channel": "n", "data": "x" * (256 * 1024 + 1)}, "event_too_large"),  # PUSHSVC_MAX_EVENT_BYTES default
     ({"channel": "n", "data": [[[]]] * 2, "type": "pushsvc.reset"}, "invalid_type"),
     ({"channel": "n", "data": 1, "retry": 86_400_000}, "invalid_retry"),
     ({"channel": [f"c{i}" for i in range(101)], "data": 1}, "invalid_channel"),

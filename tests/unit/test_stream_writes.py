@@ -12,8 +12,14 @@ from typing import Any
 import pytest
 
 from pushsvc.app import create_app
+from pushsvc.broker.memory import MemoryBroker
 from pushsvc.config import Settings
+from pushsvc.events import Event
+from pushsvc.hub import Hub
+from pushsvc.metrics import Metrics
+from pushsvc.resume import Position
 from pushsvc.server import asgi_app
+from pushsvc.session import StreamSession
 
 TOKEN = "unit-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -111,3 +117,35 @@ async def test_a_gap_leaves_the_hot_path_and_is_replayed_in_order(served):
     finally:
         rec.gone.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_a_replay_goes_page_by_page_and_live_events_meanwhile_wait_under_the_queue_bound():
+    """A stream resuming far back reads one history page per chunk taken; live events that
+    arrive meanwhile wait in its queue, and past the queue's bound the stream ends as a
+    slow consumer (the browser resumes later) instead of holding more."""
+    broker = MemoryBroker()
+    hub = Hub(broker, Metrics())
+    await hub.start()
+    try:
+        ids = (await broker.publish([Event(("news",), "x" * 1000) for _ in range(200)])).ids
+        epoch = ids[0][0].split("-")[0]
+        session = StreamSession(hub, hub.metrics, ("news",), [Position(epoch, 1)], False, 3000,
+                                queue_size=20, queue_bytes=16 * 1024)
+        session.start()
+        try:
+            chunk, done = await session.first_chunk()
+            sizes = [len(chunk)]
+            for _ in range(3):
+                more, done = await asyncio.wait_for(session.next_chunk(), 5)
+                sizes.append(len(more or b""))
+            assert not done and max(sizes) <= 16 * 1024 + 2000  # pages of about the byte bound
+            assert session.cursor.reading is not None  # still replaying: nothing more was read ahead
+            await broker.publish([Event(("news",), "live") for _ in range(25)])  # over queue_size
+            while not done:
+                more, done = await asyncio.wait_for(session.next_chunk(), 5)
+            assert session.end_reason == "slow_consumer"
+            assert hub.metrics.slow_consumer_disconnects == 1
+        finally:
+            session.stop()
+    finally:
+        await hub.stop()
