@@ -284,6 +284,8 @@ class ClusterBroker:
         loop.start()
 
     async def _close_node(self, address: str) -> None:
+        for channel in [ch for ch, at in self._route.items() if at == address]:
+            del self._route[channel]  # placed again by the next refresh
         loop = self._loops.pop(address, None)
         if loop is not None:
             self._past_reconnects += loop.reconnects + 1  # the shard's connection is gone: a reconnect
@@ -311,10 +313,11 @@ class ClusterBroker:
     def subscribe(self, channel: str) -> None:
         self._wanted.add(channel)
         address = self._route.get(channel)
-        if address is None:
+        loop = self._loops.get(address) if address is not None else None
+        if loop is None:
+            self._route.pop(channel, None)
             self._place(channel)
             return
-        loop = self._loops[address]
         loop.want(_names(channel))
         if loop.confirmed(_names(channel)):
             asyncio.get_running_loop().call_soon(self._reconfirm, channel)
