@@ -71,9 +71,10 @@ def create_app(settings: Settings | None = None) -> Quart:
     metrics = Metrics()
     broker = create_broker(
         settings.redis_url,
+        settings.redis_cluster_nodes,
         history_size=settings.history_size,
         history_ttl_seconds=settings.history_ttl_seconds,
-        **({"timeout_seconds": settings.redis_timeout_seconds} if settings.redis_url else {}),
+        **({"timeout_seconds": settings.redis_timeout_seconds} if settings.uses_redis else {}),
     )
     hub = Hub(broker, metrics, keepalive_seconds=settings.keepalive_seconds,
               write_timeout_seconds=settings.write_timeout_seconds)
@@ -101,7 +102,10 @@ def create_app(settings: Settings | None = None) -> Quart:
 
     @app.before_serving
     async def start() -> None:
-        if settings.redis_url is None:
+        if settings.redis_cluster_nodes:
+            seeds = ",".join(_redact_url(url) for url in settings.redis_cluster_nodes)
+            log.info("using redis cluster", extra={"seeds": seeds})
+        elif settings.redis_url is None:
             guard.acquire()
             log.info("no PUSHSVC_REDIS_URL: using the embedded in-process broker (one process only)")
         else:

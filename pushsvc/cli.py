@@ -52,7 +52,7 @@ def _publish(args: argparse.Namespace) -> int:
         return 0
     from .publisher import Publisher
 
-    publisher = Publisher(args.redis_url)
+    publisher = Publisher(args.redis_url, cluster_nodes=args.cluster_nodes)
     try:
         ids = publisher.publish(args.channel, data, type=args.type, retry=args.retry,
                                 idempotency_key=args.idempotency_key)
@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--type", default=None)
     publish.add_argument("--retry", type=int, default=None)
     publish.add_argument("--redis-url", default=None, help="default: PUSHSVC_REDIS_URL")
+    publish.add_argument("--cluster-nodes", default=None, metavar="URLS",
+                         help="Redis Cluster seed URLs, comma-separated (default: PUSHSVC_REDIS_CLUSTER_NODES)")
     publish.add_argument("--http", default=None, metavar="URL",
                          help="publish through a running service's POST /publish instead")
     publish.add_argument("--token", default=None, help="bearer token for --http (or PUSHSVC_TOKEN)")

@@ -49,11 +49,12 @@ def redact_url(url: str) -> str:
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse what cannot work before the command starts."""
     if args.command == "publish" and not args.http and not args.redis_url \
-            and not os.environ.get("PUSHSVC_REDIS_URL"):
+            and not getattr(args, "cluster_nodes", None) and not os.environ.get("PUSHSVC_REDIS_URL") \
+            and not os.environ.get("PUSHSVC_REDIS_CLUSTER_NODES"):
         raise CommandError(
             "publish: no Redis to publish to: pass --redis-url redis://HOST:6379/0, or publish "
             "through a running service with --http http://127.0.0.1:8000 --token TOKEN, or set "
-            "PUSHSVC_REDIS_URL", USAGE)
+            "PUSHSVC_REDIS_URL (on Redis Cluster: --cluster-nodes or PUSHSVC_REDIS_CLUSTER_NODES)", USAGE)
 
 
 def http_failure(error: urllib.error.HTTPError, url: str) -> str:

@@ -94,6 +94,11 @@ class Settings:
         None, _opt_str, "Redis URL (`redis://host:6379/0`). Unset: embedded in-process broker "
         "(one process only)."
     )
+    redis_cluster_nodes: tuple[str, ...] = _setting(
+        (), _list, "Redis Cluster seed URLs, comma-separated (`redis://10.0.0.1:7000,redis://10.0.0.2:7000`; "
+        "`rediss://` and `redis://:password@` accepted). Channels are spread over the shards; raw "
+        "publishers must use `SPUBLISH`. Not together with `PUSHSVC_REDIS_URL`.", secret=True
+    )
     publish_tokens: tuple[str, ...] = _setting(
         (), _list, "Comma-separated bearer tokens accepted by `POST /publish`.", secret=True
     )
@@ -249,8 +254,22 @@ class Settings:
             raise ConfigError(
                 f"{env_name('redis_url')} must start with redis://, rediss:// or unix://"
             )
+        if self.redis_cluster_nodes and self.redis_url is not None:
+            raise ConfigError(
+                f"set {env_name('redis_url')} or {env_name('redis_cluster_nodes')}, not both"
+            )
+        for seed in self.redis_cluster_nodes:
+            if not seed.startswith(("redis://", "rediss://")):
+                raise ConfigError(
+                    f"{env_name('redis_cluster_nodes')}: every seed must start with redis:// or rediss://"
+                )
         self._validate_security()
         self._validate_bounds()
+
+    @property
+    def uses_redis(self) -> bool:
+        """Events cross processes (a Redis or a Redis Cluster is configured)."""
+        return self.redis_url is not None or bool(self.redis_cluster_nodes)
 
     def _validate_bounds(self) -> None:
         """Settings that each parse but contradict each other: name both."""

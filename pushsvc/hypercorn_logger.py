@@ -21,7 +21,7 @@ from .logs import adopt, escape_controls
 REDACTED = "[redacted]"
 _TOKEN_PARAM = re.compile(r"(?i)(^|[?&;\s])(token=)[^&;\s\"]*")
 _SECRET_HEADERS = {"{authorization}i", "{proxy-authorization}i", "{cookie}i", "{set-cookie}o"}
-_SECRET_ENV = re.compile(r"(?i)secret|token|key|password|passwd|credential|redis_url")
+_SECRET_ENV = re.compile(r"(?i)secret|token|key|password|passwd|credential|redis_url|redis_cluster_nodes")
 
 
 def redact_query(text: str) -> str:

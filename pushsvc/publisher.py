@@ -5,7 +5,9 @@
 
 Events go through the same atomic Lua step as ``POST /publish`` (history + live), so they
 get ids and are replayed on reconnect.  The Redis URL comes from ``PUSHSVC_REDIS_URL``
-unless a `url` or a `client` is given.  History size and TTL come from
+unless a `url` or a `client` is given; on Redis Cluster pass `cluster_nodes=` (seed URLs) or
+set ``PUSHSVC_REDIS_CLUSTER_NODES``: each channel's copy of an event is then one script call
+on its channel's shard (``SPUBLISH``), as the service does.  History size and TTL come from
 ``PUSHSVC_HISTORY_SIZE`` / ``PUSHSVC_HISTORY_TTL_SECONDS`` (defaults 1000 / 3600) and must
 match the service's.
 
@@ -21,13 +23,25 @@ redis-py's own retry of a call never stores it twice.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
+import redis.cluster
 
 from .broker import new_epoch
-from .broker.scripts import PUBLISH_LUA, Idempotency, IdempotencyConflict, calls_for, read_replies
+from .broker.scripts import (
+    PUBLISH_LUA,
+    Idempotency,
+    IdempotencyConflict,
+    calls_for,
+    cluster_calls_for,
+    publish_lua,
+    read_replies,
+)
 from .config import Settings
 from .events import Event, EventError, Limits, check_idempotency_key, event_from_json
 
@@ -43,6 +57,35 @@ def _url(url: str | None) -> str:
     return resolved
 
 
+CLUSTER_PUBLISH_LUA = publish_lua("SPUBLISH", guard_failover=True)
+
+
+def _cluster_seeds(url: str | None, client: object, cluster_nodes: str | Sequence[str] | None) -> list[str]:
+    """Seed URLs when publishing to a cluster: explicit `cluster_nodes`, else (with neither
+    `url` nor `client`) ``PUSHSVC_REDIS_CLUSTER_NODES``."""
+    if cluster_nodes is None:
+        if url is not None or client is not None:
+            return []
+        cluster_nodes = os.environ.get("PUSHSVC_REDIS_CLUSTER_NODES", "")
+    if isinstance(cluster_nodes, str):
+        cluster_nodes = cluster_nodes.split(",")
+    return [seed.strip() for seed in cluster_nodes if seed.strip()]
+
+
+def _cluster_options(seeds: list[str]) -> dict[str, Any]:
+    first = urlsplit(seeds[0])
+    return dict(
+        username=unquote(first.username) if first.username else None,
+        password=unquote(first.password) if first.password else None,
+        ssl=first.scheme == "rediss",
+    )
+
+
+def _startup(seed: str) -> tuple[str, int]:
+    parts = urlsplit(seed)
+    return parts.hostname or "127.0.0.1", parts.port or 6379
+
+
 class _Base:
     def __init__(self, history_size: int | None, history_ttl_seconds: int | None, scope: str) -> None:
         defaults = Settings.from_env()
@@ -53,11 +96,12 @@ class _Base:
         self.limits = Limits(defaults.max_event_bytes, defaults.max_retry_ms)
         self.window_seconds = defaults.idempotency_seconds
         self.scope = "p:" + check_idempotency_key(scope)
+        self.cluster = False
 
-    def _calls(
+    def _event(
         self, channel: str | list[str], data: Any, type: str | None, retry: int | None,
         idempotency_key: str | None,
-    ) -> list[tuple[list[str], list[Any]]]:
+    ) -> tuple[Event, Idempotency | None]:
         fields: dict[str, Any] = {"channel": channel, "data": data}
         if type is not None:
             fields["type"] = type
@@ -67,11 +111,25 @@ class _Base:
         idem = None
         if idempotency_key is not None:
             idem = Idempotency(self.scope, check_idempotency_key(idempotency_key), self.window_seconds)
+        return event, idem
+
+    def _calls(
+        self, channel: str | list[str], data: Any, type: str | None, retry: int | None,
+        idempotency_key: str | None,
+    ) -> list[tuple[list[str], list[Any]]]:
+        """The script calls of one event: one (all channels) on a single Redis, one per
+        channel on a cluster."""
+        event, idem = self._event(channel, data, type, retry, idempotency_key)
+        if self.cluster:
+            (per_channel,) = cluster_calls_for(
+                [event], idem, self.history_size, self.history_ttl_seconds, new_epoch
+            )
+            return [call for _, call in per_channel]
         return calls_for([event], idem, self.history_size, self.history_ttl_seconds, new_epoch)
 
 
-def _ids(reply: Any) -> list[str]:
-    return read_replies([reply])[0][0]
+def _ids(replies: list[Any]) -> list[str]:
+    return [i for ids in read_replies(replies)[0] for i in ids]
 
 
 class Publisher(_Base):
@@ -80,11 +138,22 @@ class Publisher(_Base):
     def __init__(
         self, url: str | None = None, client: redis.Redis | None = None,
         history_size: int | None = None, history_ttl_seconds: int | None = None,
-        scope: str = DEFAULT_SCOPE,
+        scope: str = DEFAULT_SCOPE, cluster_nodes: str | Sequence[str] | None = None,
     ) -> None:
         super().__init__(history_size, history_ttl_seconds, scope)
-        self.client = client if client is not None else redis.Redis.from_url(_url(url))
-        self._script = self.client.register_script(PUBLISH_LUA)
+        seeds = _cluster_seeds(url, client, cluster_nodes)
+        self.client: redis.Redis | redis.cluster.RedisCluster
+        if seeds:
+            self.cluster = True
+            self.client = redis.cluster.RedisCluster(
+                startup_nodes=[
+                    redis.cluster.ClusterNode(*_startup(seed)) for seed in seeds  # type: ignore[no-untyped-call]
+                ],
+                **_cluster_options(seeds),
+            )
+        else:
+            self.client = client if client is not None else redis.Redis.from_url(_url(url))
+        self._script = self.client.register_script(CLUSTER_PUBLISH_LUA if self.cluster else PUBLISH_LUA)
 
     def publish(
         self, channel: str | list[str], data: Any, type: str | None = None, retry: int | None = None,
@@ -92,8 +161,8 @@ class Publisher(_Base):
     ) -> list[str]:
         """Publish one event; returns its id on each channel (the original ids when
         `idempotency_key` was used before; IdempotencyConflict for another event)."""
-        ((keys, args),) = self._calls(channel, data, type, retry, idempotency_key)
-        return _ids(self._script(keys=keys, args=args))
+        return _ids([self._script(keys=keys, args=args) for keys, args in self._calls(
+            channel, data, type, retry, idempotency_key)])
 
     def close(self) -> None:
         self.client.close()
@@ -105,18 +174,26 @@ class AsyncPublisher(_Base):
     def __init__(
         self, url: str | None = None, client: aioredis.Redis | None = None,
         history_size: int | None = None, history_ttl_seconds: int | None = None,
-        scope: str = DEFAULT_SCOPE,
+        scope: str = DEFAULT_SCOPE, cluster_nodes: str | Sequence[str] | None = None,
     ) -> None:
         super().__init__(history_size, history_ttl_seconds, scope)
-        self.client = client if client is not None else aioredis.Redis.from_url(_url(url))
-        self._script = self.client.register_script(PUBLISH_LUA)
+        seeds = _cluster_seeds(url, client, cluster_nodes)
+        self.client: aioredis.Redis | aiocluster.RedisCluster
+        if seeds:
+            self.cluster = True
+            self.client = aiocluster.RedisCluster(
+                startup_nodes=[aiocluster.ClusterNode(*_startup(seed)) for seed in seeds], **_cluster_options(seeds)
+            )
+        else:
+            self.client = client if client is not None else aioredis.Redis.from_url(_url(url))
+        self._script = self.client.register_script(CLUSTER_PUBLISH_LUA if self.cluster else PUBLISH_LUA)
 
     async def publish(
         self, channel: str | list[str], data: Any, type: str | None = None, retry: int | None = None,
         idempotency_key: str | None = None,
     ) -> list[str]:
-        ((keys, args),) = self._calls(channel, data, type, retry, idempotency_key)
-        return _ids(await self._script(keys=keys, args=args))
+        calls = self._calls(channel, data, type, retry, idempotency_key)
+        return _ids([await self._script(keys=keys, args=args) for keys, args in calls])
 
     async def aclose(self) -> None:
         await self.client.aclose()

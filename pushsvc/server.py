@@ -169,7 +169,7 @@ def run_worker(
 
 
 def serve(settings: Settings, bind: str, workers: int, config_path: str | None) -> int:
-    if workers > 1 and settings.redis_url is None:
+    if workers > 1 and not settings.uses_redis:
         raise ConfigError(
             "--workers > 1 needs PUSHSVC_REDIS_URL: the embedded broker cannot carry events "
             "between processes"

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.cluster import RedisCluster
 from tests.support.helpers import TOKEN
 from tests.support.procs import RedisServer, Service
 
@@ -26,6 +27,18 @@ def redis_url(redis_server: RedisServer) -> str:
     with redis_server.client() as client:
         client.flushall()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """Six redis-server --cluster-enabled (three masters, one replica each), for the session
+    (about 10 s to form); tests that fail over or kill nodes leave it healthy again."""
+    cluster = RedisCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

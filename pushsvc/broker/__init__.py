@@ -1,7 +1,8 @@
 """Brokers carry events between processes and keep each channel's history.
 
 `Broker` is the narrow protocol the hub and the publish route use; `redis.RedisBroker` is
-the production backend, `memory.MemoryBroker` the embedded single-process default.
+the production backend (`cluster.ClusterBroker` on Redis Cluster), `memory.MemoryBroker`
+the embedded single-process default.
 """
 
 from __future__ import annotations
@@ -100,7 +101,11 @@ class Broker(Protocol):
         """Streams subscribed to `channel` in every process; `local` is this process's count."""
 
 
-def create_broker(redis_url: str | None, **options: object) -> Broker:
+def create_broker(redis_url: str | None, cluster_nodes: Sequence[str] = (), **options: object) -> Broker:
+    if cluster_nodes:
+        from .cluster import ClusterBroker
+
+        return ClusterBroker(cluster_nodes, **options)  # type: ignore[arg-type]
     if redis_url is None:
         from .memory import MemoryBroker
 

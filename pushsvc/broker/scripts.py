@@ -36,11 +36,50 @@ def max_copies(redis_timeout_seconds: float) -> int:
     """Most event copies (events x channels) in one request (and one pipeline)."""
     return max(100, int(COPIES_PER_TIMEOUT_SECOND * redis_timeout_seconds))
 
+# The cluster's guard: a channel's meta records the replication id of the master that wrote
+# it (``rid``); a master that is not that one (a promoted replica, which may lack the last
+# acknowledged writes, or a restarted empty master) starts the channel afresh with a new
+# epoch, so an id handed out before a failover can never match an event written after it.
+_REPLID_LUA = "local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')"
+_GUARD_LUA = "if epoch and redis.call('HGET', meta, 'rid') ~= replid then epoch = false end"
+_RECORD_LUA = "redis.call('HSET', meta, 'rid', replid)"
+
+
+def publish_lua(publish_command: str = "PUBLISH", guard_failover: bool = False) -> str:
+    """The publish script: `publish_command` is PUBLISH (single Redis) or SPUBLISH (cluster);
+    `guard_failover` adds the replication-id guard (cluster)."""
+    return (
+        _PUBLISH_LUA.replace("__PUBLISH__", publish_command)
+        .replace("__REPLID__", _REPLID_LUA if guard_failover else "")
+        .replace("__GUARD__", _GUARD_LUA if guard_failover else "")
+        .replace("__RECORD__", _RECORD_LUA if guard_failover else "")
+    )
+
+
+# Read a channel's position through the same guard (cluster): a resync right after a
+# failover sees the new epoch at once, not at the channel's next publish.
+# KEYS: meta, history; ARGV: fresh epoch.  Returns {epoch or false, seq}.
+POSITION_LUA = "\n".join([
+    _REPLID_LUA,
+    "local meta, hist = KEYS[1], KEYS[2]",
+    "local epoch = redis.call('HGET', meta, 'epoch')",
+    "if not epoch then return {false, 0} end",
+    _GUARD_LUA,
+    "if not epoch then",
+    "  redis.call('DEL', hist)",
+    "  redis.call('HSET', meta, 'epoch', ARGV[1], 'seq', 0)",
+    "  " + _RECORD_LUA,
+    "  return {ARGV[1], 0}",
+    "end",
+    "return {epoch, tonumber(redis.call('HGET', meta, 'seq') or 0)}",
+])
+
 # KEYS: idempotency record, then meta and history per channel.
 # ARGV: fingerprint, record field, record ttl, prefix, maxlen, ttl, eid, then live channel
 # and fresh epoch per channel.  Returns {status, "<id> <id> ..."}: 0 stored, 1 replayed,
 # -1 the record belongs to another request.
-PUBLISH_LUA = f"""
+_PUBLISH_LUA = f"""
+__REPLID__
 local idem, fp, n, idem_ttl = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
 local prefix, maxlen, ttl, eid = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local seen = redis.call('HGET', idem, 'f')
@@ -56,10 +95,12 @@ local ids = {{}}
 for i = 2, #KEYS, 2 do
   local meta, hist, j = KEYS[i], KEYS[i + 1], i + 6
   local epoch = redis.call('HGET', meta, 'epoch')
+  __GUARD__
   if not epoch then
     epoch = ARGV[j + 1]
     redis.call('DEL', hist)
     redis.call('HSET', meta, 'epoch', epoch, 'seq', 0)
+    __RECORD__
   end
   local seq = redis.call('HINCRBY', meta, 'seq', 1)
   local msg = {wire.lua_seal('prefix', 'seq', 'epoch', 'eid')}
@@ -68,13 +109,14 @@ for i = 2, #KEYS, 2 do
     if ttl > 0 then redis.call('EXPIRE', hist, ttl) end
   end
   if ttl > 0 then redis.call('EXPIRE', meta, ttl) end
-  redis.call('PUBLISH', ARGV[j], msg)
+  redis.call('__PUBLISH__', ARGV[j], msg)
   ids[#ids + 1] = {wire.lua_position('seq', 'epoch')}
 end
 local joined = table.concat(ids, ' ')
 redis.call('HSET', idem, n, joined)
 return {{0, joined}}
 """
+PUBLISH_LUA = publish_lua()
 
 Call = tuple[list[str], list[Any]]  # one script call: keys, args
 
@@ -110,37 +152,78 @@ def _eid(record: str, field: int) -> str:
     return base64.b32encode(raw).decode("ascii").lower().rstrip("=")[:12]
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One event's idempotency record (per channel: the record key carries that channel's
+    hash tag, so on a cluster each channel's copy can be its own call) and identity."""
+
+    event: Event
+    prefix: bytes
+    scope: str
+    key: str
+    field: int
+    fingerprint: str
+    window: int
+    eid: str
+    home: str  # the channel whose hash tag holds the record on a single Redis
+
+    def call(
+        self, channels: Sequence[str], record_channel: str, history_size: int, history_ttl_seconds: int,
+        new_epoch: Any,
+    ) -> Call:
+        keys = [wire.idempotency_key(record_channel, self.scope, self.key)]
+        args: list[Any] = [
+            self.fingerprint, self.field, self.window, self.prefix, history_size, history_ttl_seconds, self.eid,
+        ]
+        for channel in channels:
+            keys += [wire.meta_key(channel), wire.history_key(channel)]
+            args += [wire.live_channel(channel), new_epoch()]
+        return keys, args
+
+
+def _plans(events: Sequence[Event], idem: Idempotency | None) -> list[_Plan]:
+    prefixes = [event.message_prefix() for event in events]
+    request_fp = "-"
+    if idem is not None and idem.key is not None:
+        request_fp = _digest(idem.scope, *(_event_digest(e, p) for e, p in zip(events, prefixes, strict=True)))
+    token = secrets.token_hex(8)
+    plans: list[_Plan] = []
+    for n, (event, prefix) in enumerate(zip(events, prefixes, strict=True)):
+        home = events[0].channels[0]
+        if idem is not None and idem.key is not None:
+            scope, key, field, fp, window = idem.scope, idem.key, n, request_fp, idem.window_seconds
+        elif event.idempotency_key is not None and idem is not None:
+            scope, key, field, window = idem.scope, event.idempotency_key, 0, idem.window_seconds
+            fp, home = _digest(idem.scope, _event_digest(event, prefix)), event.channels[0]
+        else:
+            scope, key, field, fp, window = INTERNAL_SCOPE, token, n, "-", INTERNAL_WINDOW_SECONDS
+        eid = _eid(wire.idempotency_key(home, scope, key), field) if len(event.channels) > 1 else ""
+        plans.append(_Plan(event, prefix, scope, key, field, fp, window, eid, home))
+    return plans
+
+
 def calls_for(
     events: Sequence[Event], idem: Idempotency | None, history_size: int,
     history_ttl_seconds: int, new_epoch: Any,
 ) -> list[Call]:
     """The script calls of one request, in order (one per event)."""
-    prefixes = [event.message_prefix() for event in events]
-    request_record: str | None = None
-    request_fp = "-"
-    if idem is not None and idem.key is not None:
-        request_record = wire.idempotency_key(events[0].channels[0], idem.scope, idem.key)
-        request_fp = _digest(idem.scope, *(_event_digest(e, p) for e, p in zip(events, prefixes, strict=True)))
-    token = secrets.token_hex(8)
-    internal_record = wire.idempotency_key(events[0].channels[0], INTERNAL_SCOPE, token)
-    calls: list[Call] = []
-    for n, (event, prefix) in enumerate(zip(events, prefixes, strict=True)):
-        if request_record is not None and idem is not None:
-            record, field, fp, window = request_record, n, request_fp, idem.window_seconds
-        elif event.idempotency_key is not None and idem is not None:
-            record = wire.idempotency_key(event.channels[0], idem.scope, event.idempotency_key)
-            field, window = 0, idem.window_seconds
-            fp = _digest(idem.scope, _event_digest(event, prefix))
-        else:
-            record, field, fp, window = internal_record, n, "-", INTERNAL_WINDOW_SECONDS
-        eid = _eid(record, field) if len(event.channels) > 1 else ""
-        keys = [record]
-        args: list[Any] = [fp, field, window, prefix, history_size, history_ttl_seconds, eid]
-        for channel in event.channels:
-            keys += [wire.meta_key(channel), wire.history_key(channel)]
-            args += [wire.live_channel(channel), new_epoch()]
-        calls.append((keys, args))
-    return calls
+    return [
+        plan.call(plan.event.channels, plan.home, history_size, history_ttl_seconds, new_epoch)
+        for plan in _plans(events, idem)
+    ]
+
+
+def cluster_calls_for(
+    events: Sequence[Event], idem: Idempotency | None, history_size: int,
+    history_ttl_seconds: int, new_epoch: Any,
+) -> list[list[tuple[str, Call]]]:
+    """Per event, per channel: (channel, script call) -- one slot per call (Redis Cluster).
+    Each copy has its own idempotency record on its channel's slot; `eid` is shared."""
+    return [
+        [(channel, plan.call((channel,), channel, history_size, history_ttl_seconds, new_epoch))
+         for channel in plan.event.channels]
+        for plan in _plans(events, idem)
+    ]
 
 
 def read_replies(replies: Sequence[Any]) -> tuple[list[list[str]], bool]:

@@ -48,15 +48,18 @@ async def test_a_redis_channel_is_subscribed_only_once_both_names_are_confirmed(
     broker._listener = recorder
     broker.subscribe("news")
     names = {"news", wire.live_channel("news")}
-    assert broker._desired >= names
-    broker._sent.update(names)
-    broker._pending.update({name: 1 for name in names})
-    broker._on_subscribe_reply(wire.live_channel("news"))
+    subs = broker._loop.subs
+    assert subs.desired >= names
+    subs.changes()
+    for name in (wire.live_channel("news"),):
+        assert subs.on_subscribe_reply(name)
+        broker._on_confirmed(name)
     assert recorder.subscribed == []
-    broker._on_subscribe_reply("news")
+    assert subs.on_subscribe_reply("news")
+    broker._on_confirmed("news")
     assert recorder.subscribed == ["news"]
     broker.unsubscribe("news")
-    assert not broker._desired & names
+    assert not subs.desired & names
     await asyncio.sleep(0)
     await broker.stop()
 

@@ -1,0 +1,563 @@
+"""The Redis Cluster broker: each channel on the shard owning its hash tag's slot, sharded
+pub/sub, one pub/sub connection per shard per process, topology changes healed from history.
+
+Chosen by ``PUSHSVC_REDIS_CLUSTER_NODES`` (comma-separated seed URLs).  Keys and names are
+the single-Redis ones (`pushsvc.wire`): every key of a channel and its internal live channel
+carry the channel's hash tag, so one script call stores and ``SPUBLISH``es on one shard.
+
+Topology.  A refresher task reads ``CLUSTER SLOTS`` (every second, and at once when a pub/sub
+connection is lost, a subscription is refused with ``MOVED``, the server drops a
+subscription by itself -- the ``sunsubscribe`` push when a slot leaves a node -- or a publish
+is redirected) and keeps a slot -> master table.  Each master gets a command client and one
+`pubsub.PubSubLoop` in the sharded dialect, read by its own task; each wanted channel is
+routed to the loop of its slot's master.  When the owner changes (failover, slot moved), the
+channel is dropped from the old loop and subscribed on the new one; its confirmation is
+reported to the hub (`on_subscribed`), which resynchronises its streams from history exactly
+as after a reconnect.
+
+Failover honesty.  Replication is asynchronous: a promoted replica may lack acknowledged
+writes and would hand out sequence numbers already given.  The publish script (and the
+position read, `POSITION_LUA`) records in each channel's meta the replication id of the
+master that wrote it (``INFO replication`` is readable from Lua on Redis 7); a different
+master starts the channel afresh with a new epoch, so an id from before a failover never
+matches an event written after it and the streams get a ``pushsvc.reset``.  The promoted
+replica cannot tell a lossless failover from a lossy one, so *every* failover resets the
+shard's channels as they are next read or written (a slot migration too: the target's
+replication id differs).  Conservative, never silent.
+
+Why not redis-py's cluster pub/sub.  ``redis.asyncio.cluster.ClusterPubSub`` keeps one
+`PubSub` per node and ``get_sharded_message`` polls them one after another, each with the
+caller's timeout, so a slow or failing node delays delivery from every other (redis-py
+#4076); it also re-subscribes silently.  And the publish path talks to one node's
+connection pool directly rather than through ``RedisCluster``, which follows ``MOVED``/
+``ASK`` internally: here a redirect is seen, the topology refreshed, and the call re-sent
+(safe: a redirected script did not run, and every call carries its idempotency record).
+
+Raw publishers.  Only ``SPUBLISH <channel> <json>`` reaches ``/stream?channel=<channel>``
+(delivered live, without id, like a raw ``PUBLISH`` on a single Redis).  A classic
+``PUBLISH`` (flask-sse) is not delivered on a cluster; the start-up log says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, ResponseError, TryAgainError
+
+from ..events import Event
+from ..wire import CONTROL_CHANNEL, EMPTY, Position, channel_of_live, history_key, live_channel, meta_key
+from . import BrokerUnavailable, History, Listener, OutcomeUnknown, Published, new_epoch
+from .counting import SubscriberCounter
+from .pubsub import SHARDED, UNAVAILABLE, PubSubLoop, text
+from .scripts import POSITION_LUA, Call, Idempotency, cluster_calls_for, max_copies, publish_lua, read_replies
+
+log = logging.getLogger("pushsvc.redis")
+
+SLOTS = 16384
+PUBLISH_SCRIPT = publish_lua("SPUBLISH", guard_failover=True)
+_REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
+_Item = tuple[int, int, str, Call]  # event index, copy index, channel, script call
+_Waiting = tuple[list[_Item], "asyncio.Future[list[Any]]"]  # one request's calls on a shard, and their replies
+
+
+def slot_of(channel: str) -> int:
+    return int(key_slot(channel.encode("utf-8")))
+
+
+def _names(channel: str) -> tuple[str, ...]:
+    return (channel,) if channel == CONTROL_CHANNEL else (channel, live_channel(channel))
+
+
+def _group_by_slot(names: list[str]) -> list[list[str]]:
+    """SSUBSCRIBE takes names of one slot per command."""
+    groups: dict[int, list[str]] = {}
+    for name in names:
+        groups.setdefault(slot_of(channel_of_live(name) or name), []).append(name)
+    return list(groups.values())
+
+
+class _Unsent(Exception):
+    """No connection could be had: nothing was sent."""
+
+
+class ClusterBroker:
+    name = "redis-cluster"
+
+    def __init__(
+        self,
+        seeds: Sequence[str],
+        history_size: int = 1000,
+        history_ttl_seconds: int = 3600,
+        timeout_seconds: float = 2.0,
+        max_connections: int = 64,
+        ping_interval_seconds: float = 1.0,
+        backoff_cap_seconds: float = 2.0,
+        refresh_interval_seconds: float = 1.0,
+    ) -> None:
+        if not seeds:
+            raise ValueError("a cluster needs at least one seed URL")
+        self.seeds = [self._address(seed) for seed in seeds]
+        first = urlsplit(seeds[0])
+        self._scheme = first.scheme
+        self._userinfo = first.netloc.rsplit("@", 1)[0] + "@" if "@" in first.netloc else ""
+        self.history_size = history_size
+        self.history_ttl_seconds = history_ttl_seconds
+        self.timeout = timeout_seconds
+        self.max_connections = max_connections
+        self.ping_interval = ping_interval_seconds
+        self.backoff_cap = backoff_cap_seconds
+        self.refresh_interval = refresh_interval_seconds
+        self._slots: list[str] = [""] * SLOTS
+        self._clients: dict[str, aioredis.Redis] = {}
+        self._loops: dict[str, PubSubLoop] = {}
+        self._route: dict[str, str] = {}  # wanted channel -> address of the loop holding it
+        self._wanted: set[str] = set()
+        self._listener: Listener | None = None
+        self._refresh_now = asyncio.Event()
+        self._refreshed = asyncio.Event()
+        self._refresher: asyncio.Task[None] | None = None
+        self._topology_error = "topology not read yet"
+        self.resubscriptions = 0
+        self._past_reconnects = 0  # of shards' loops closed since
+        self._batches: dict[tuple[str, bool], list[_Waiting]] = {}
+        self._flushes: set[asyncio.Task[None]] = set()
+        self.max_batch = max_copies(timeout_seconds)
+        self._counter = SubscriberCounter(self._publish_control, self._client_for_key, timeout_seconds)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, listener: Listener) -> None:
+        self._listener = listener
+        self._counter.listener = listener
+        self._wanted.add(CONTROL_CHANNEL)
+        self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever(), name="pushsvc-topology")
+        log.warning(
+            "redis cluster: raw publishers must use SPUBLISH <channel> <json>; a classic PUBLISH "
+            "(flask-sse) is not delivered"
+        )
+
+    async def stop(self) -> None:
+        for flush in list(self._flushes):
+            flush.cancel()
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+        await self._counter.stop()
+        for address in list(self._loops):
+            await self._close_node(address)
+
+    def status(self) -> tuple[bool, str]:
+        if not all(self._slots):
+            return False, f"redis cluster: not every slot is covered ({self._topology_error})"
+        for address in sorted(set(self._slots)):
+            loop = self._loops.get(address)
+            if loop is None:
+                return False, f"redis cluster: no connection to shard {address} yet"
+            ok, why = loop.responsive()
+            if not ok:
+                return False, f"redis cluster: shard {address} {why}"
+        return True, f"redis cluster: {len(set(self._slots))} shards, every slot covered, every shard reachable"
+
+    @property
+    def reconnects(self) -> int:
+        """Pub/sub connections lost and re-established, all shards (``/metrics``)."""
+        return self._past_reconnects + sum(loop.reconnects for loop in self._loops.values())
+
+    def shards(self) -> dict[str, dict[str, int]]:
+        """Per shard: messages read, reconnects (for metrics and tests)."""
+        return {a: {"messages": lp.messages, "reconnects": lp.reconnects} for a, lp in self._loops.items()}
+
+    # -- topology --------------------------------------------------------------------------
+
+    @staticmethod
+    def _address(url: str) -> str:
+        parts = urlsplit(url)
+        return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
+
+    def _url(self, address: str) -> str:
+        return f"{self._scheme}://{self._userinfo}{address}"
+
+    def _common(self) -> dict[str, Any]:
+        return dict(socket_timeout=self.timeout, socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 1))
+
+    def _client(self, address: str) -> aioredis.Redis:
+        client = self._clients.get(address)
+        if client is None:
+            pool = BlockingConnectionPool.from_url(
+                self._url(address), max_connections=self.max_connections, timeout=self.timeout, **self._common()
+            )
+            client = self._clients[address] = aioredis.Redis(connection_pool=pool)
+        return client
+
+    def _owner(self, channel: str) -> str:
+        address = self._slots[slot_of(channel)]
+        if not address:
+            raise BrokerUnavailable(f"redis cluster: the slot of {channel!r} is not covered")
+        return address
+
+    def _client_for_key(self, key: str) -> aioredis.Redis:
+        return self._client(self._owner(key))
+
+    def kick(self) -> None:
+        """Read the topology again now (something moved)."""
+        self._refresh_now.set()
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            self._refresh_now.clear()
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the refresher must survive anything
+                self._topology_error = f"{type(exc).__name__}: {exc}"
+                log.warning("redis cluster topology read failed", extra={"error": self._topology_error})
+            try:
+                async with asyncio.timeout(self.refresh_interval):
+                    await self._refresh_now.wait()
+            except TimeoutError:
+                pass
+
+    async def _read_slots(self) -> list[tuple[int, int, str]]:
+        candidates = [a for a in dict.fromkeys([*sorted(set(self._slots) - {""}), *self.seeds])]
+        last: Exception | None = None
+        for address in candidates:
+            client = aioredis.Redis.from_url(self._url(address), protocol=2, **self._common())
+            try:
+                async with asyncio.timeout(self.timeout):
+                    reply = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+            except UNAVAILABLE as exc:
+                last = exc
+                continue
+            finally:
+                await client.aclose()
+            host = address.rsplit(":", 1)[0]
+            ranges = []
+            for entry in reply:
+                node_host = text(entry[2][0]) or host
+                ranges.append((int(entry[0]), int(entry[1]), f"{node_host}:{int(entry[2][1])}"))
+            return ranges
+        raise BrokerUnavailable(f"no cluster node answers CLUSTER SLOTS ({last})")
+
+    async def refresh(self) -> None:
+        ranges = await self._read_slots()
+        table = [""] * SLOTS
+        for low, high, address in ranges:
+            table[low:high + 1] = [address] * (high - low + 1)
+        changed = table != self._slots
+        self._slots = table
+        self._topology_error = "" if all(table) else "some slots have no master"
+        masters = set(table) - {""}
+        for address in masters - set(self._loops):
+            self._open_node(address)
+        if changed:
+            log.info("redis cluster topology", extra={"masters": ",".join(sorted(masters))})
+        for channel in list(self._wanted):
+            self._place(channel)
+        for address in set(self._loops) - masters:
+            await self._close_node(address)
+        self._refreshed.set()
+
+    def _open_node(self, address: str) -> None:
+        pool = ConnectionPool.from_url(
+            self._url(address), protocol=2, client_name="pushsvc-pubsub",
+            **{**self._common(), "retry": Retry(NoBackoff(), 0)},
+        )
+        loop = PubSubLoop(
+            pool, label=address, timeout=self.timeout, ping_interval=self.ping_interval,
+            backoff_cap=self.backoff_cap, dialect=SHARDED, group=_group_by_slot,
+            on_message=self._on_message,
+            on_confirmed=lambda name, a=address: self._on_confirmed(a, name),  # type: ignore[misc]
+            on_evicted=lambda name, a=address: self._on_evicted(a, name),  # type: ignore[misc]
+            on_lost=self.kick, on_error_reply=lambda _exc: self.kick(),
+        )
+        self._loops[address] = loop
+        loop.start()
+
+    async def _close_node(self, address: str) -> None:
+        for channel in [ch for ch, at in self._route.items() if at == address]:
+            del self._route[channel]  # placed again by the next refresh
+        loop = self._loops.pop(address, None)
+        if loop is not None:
+            self._past_reconnects += loop.reconnects + 1  # the shard's connection is gone: a reconnect
+            await loop.stop()
+        client = self._clients.pop(address, None)
+        if client is not None:
+            await client.aclose()
+            await client.connection_pool.disconnect()
+
+    def _place(self, channel: str) -> None:
+        """Subscribe `channel` on the loop of its slot's master (moving it if needed)."""
+        address = self._slots[slot_of(channel)]
+        current = self._route.get(channel)
+        if address == current or not address or address not in self._loops:
+            return
+        if current is not None and current in self._loops:
+            self._loops[current].drop(_names(channel))
+            self.resubscriptions += 1
+            log.info("channel moved to another shard", extra={"channel": channel, "shard": address})
+        self._route[channel] = address
+        self._loops[address].want(_names(channel))
+
+    # -- subscriptions ---------------------------------------------------------------------
+
+    def subscribe(self, channel: str) -> None:
+        self._wanted.add(channel)
+        address = self._route.get(channel)
+        loop = self._loops.get(address) if address is not None else None
+        if loop is None:
+            self._route.pop(channel, None)
+            self._place(channel)
+            return
+        loop.want(_names(channel))
+        if loop.confirmed(_names(channel)):
+            asyncio.get_running_loop().call_soon(self._reconfirm, channel)
+
+    def _reconfirm(self, channel: str) -> None:
+        address = self._route.get(channel)
+        if address is not None and address in self._loops and self._listener is not None:
+            if self._loops[address].confirmed(_names(channel)):
+                self._listener.on_subscribed(channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        if channel == CONTROL_CHANNEL:
+            return
+        self._wanted.discard(channel)
+        address = self._route.pop(channel, None)
+        if address is not None and address in self._loops:
+            self._loops[address].drop(_names(channel))
+
+    def _on_message(self, name: str, payload: bytes) -> None:
+        listener = self._listener
+        assert listener is not None
+        if name == CONTROL_CHANNEL:
+            self._counter.on_query(payload)
+            return
+        internal = channel_of_live(name)
+        if internal is not None:
+            listener.on_message(internal, payload, True)
+        else:
+            listener.on_message(name, payload, False)
+
+    def _on_confirmed(self, address: str, name: str) -> None:
+        public = channel_of_live(name) or name
+        if public == CONTROL_CHANNEL or self._route.get(public) != address:
+            return
+        if self._loops[address].confirmed(_names(public)) and self._listener is not None:
+            self._listener.on_subscribed(public)
+
+    def _on_evicted(self, address: str, name: str) -> None:
+        public = channel_of_live(name) or name
+        log.info("redis dropped a sharded subscription (slot moved)", extra={"channel": public, "shard": address})
+        if self._route.get(public) == address:
+            del self._route[public]
+            self._loops[address].drop(_names(public))
+        self.kick()
+
+    # -- publishing and reads --------------------------------------------------------------
+
+    async def publish(self, events: Sequence[Event], idempotency: Idempotency | None = None) -> Published:
+        """One script call per event copy, on its channel's master; copies on different
+        shards go in parallel (one pipeline per shard), a channel's copies keep their order."""
+        plans = cluster_calls_for(events, idempotency, self.history_size, self.history_ttl_seconds, new_epoch)
+        todo: list[_Item] = [
+            (e, c, channel, call) for e, calls in enumerate(plans) for c, (channel, call) in enumerate(calls)
+        ]
+        replies: dict[tuple[int, int], Any] = {}
+        asking: dict[tuple[int, int], str] = {}
+        for attempt in range(5):
+            todo = await self._publish_round(todo, replies, asking)
+            if not todo:
+                break
+            self.kick()
+            await asyncio.sleep(0.05 * (attempt + 1))
+            await self._refresh_quietly()
+        else:
+            raise OutcomeUnknown("redis cluster kept redirecting the publish")
+        per_event = []
+        for e, calls in enumerate(plans):
+            statuses = [replies[(e, c)] for c in range(len(calls))]
+            per_event.append(statuses)
+        ids: list[list[str]] = []
+        replayed = False
+        for statuses in per_event:
+            event_ids, again = read_replies(statuses)
+            ids.append([i for part in event_ids for i in part])
+            replayed |= again
+        return Published(ids, replayed)
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except (BrokerUnavailable, *UNAVAILABLE):
+            pass
+
+    async def _publish_round(
+        self, todo: list[_Item], replies: dict[tuple[int, int], Any], asking: dict[tuple[int, int], str]
+    ) -> list[_Item]:
+        by_node: dict[tuple[str, bool], list[_Item]] = {}
+        for item in todo:
+            ask_at = asking.pop((item[0], item[1]), "")
+            by_node.setdefault((ask_at or self._owner(item[2]), bool(ask_at)), []).append(item)
+        nodes = list(by_node)
+        results = await asyncio.gather(*(self._batched(a, ask, by_node[(a, ask)]) for a, ask in nodes),
+                                       return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            self.kick()
+            unsent = all(isinstance(f, _Unsent) for f in failures) and not replies and len(failures) == len(nodes)
+            first = failures[0]
+            what = f"{type(first).__name__}: {first}" if str(first) else type(first).__name__
+            if unsent:
+                raise BrokerUnavailable(f"redis publish failed: {what}")
+            raise OutcomeUnknown(f"redis did not answer the publish in time ({what})")
+        again: list[_Item] = []
+        for address, result in zip(nodes, results, strict=True):
+            assert not isinstance(result, BaseException)
+            for item, reply in zip(by_node[address], result, strict=True):
+                key = (item[0], item[1])
+                if isinstance(reply, AskError) and not isinstance(reply, MovedError):
+                    asking[key] = f"{reply.host}:{reply.port}"
+                    again.append(item)
+                elif isinstance(reply, (*_REDIRECTS, NoScriptError)):
+                    again.append(item)
+                elif isinstance(reply, ResponseError):
+                    raise OutcomeUnknown(f"redis refused the publish: {reply}")
+                else:
+                    replies[key] = reply
+        again.sort(key=lambda item: (item[0], item[1]))
+        return again
+
+    async def _batched(self, address: str, ask: bool, items: list[_Item]) -> list[Any]:
+        """Run `items` on `address` in one pipeline shared with the other publishes of this
+        loop iteration (one round trip per shard for many concurrent requests)."""
+        key = (address, ask)
+        done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        batch = self._batches.setdefault(key, [])
+        batch.append((items, done))
+        if len(batch) == 1:
+            asyncio.get_running_loop().call_soon(self._flush, key)
+        elif sum(len(i) for i, _ in batch) >= self.max_batch:
+            self._flush(key)
+        return await done
+
+    def _flush(self, key: tuple[str, bool]) -> None:
+        batch = self._batches.pop(key, None)
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._send_batch(key, batch))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _send_batch(self, key: tuple[str, bool], batch: list[_Waiting]) -> None:
+        try:
+            results = await self._run_on(key[0], [item for items, _ in batch for item in items], key[1])
+        except BaseException as exc:
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        start = 0
+        for items, done in batch:
+            if not done.done():
+                done.set_result(results[start:start + len(items)])
+            start += len(items)
+
+    async def _run_on(self, address: str, items: list[_Item], ask: bool = False) -> list[Any]:
+        client = self._client(address)
+        script = client.register_script(PUBLISH_SCRIPT)
+        sent = False
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with client.pipeline(transaction=False) as pipe:
+                    try:
+                        pipe.connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+                    except UNAVAILABLE as exc:
+                        raise _Unsent(f"{type(exc).__name__}: {exc}") from exc
+                    sent = True
+                    for _, _, _, (keys, args) in items:
+                        if ask:  # the slot is migrating: the key may be asked of its target
+                            pipe.execute_command("ASKING")
+                        pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    results = list(await pipe.execute(raise_on_error=False))
+        except UNAVAILABLE:
+            if not sent:
+                raise _Unsent("timed out") from None
+            raise
+        if ask:
+            results = results[1::2]
+        if any(isinstance(r, NoScriptError) for r in results):
+            await client.script_load(PUBLISH_SCRIPT)
+        return results
+
+    async def _publish_control(self, query: str) -> int:
+        client = self._client_for_key(CONTROL_CHANNEL)
+        return int(await client.execute_command("SPUBLISH", CONTROL_CHANNEL, query))  # type: ignore[no-untyped-call]
+
+    async def position(self, channel: str) -> Position:
+        """The channel's position through the failover guard, then a barrier on the pub/sub
+        connection of its shard: every message published before the read has then been read."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                client = self._client_for_key(channel)
+                script = client.register_script(POSITION_LUA)
+                epoch, seq = await script(keys=[meta_key(channel), history_key(channel)], args=[new_epoch()])
+        except _REDIRECTS as exc:
+            self.kick()
+            raise BrokerUnavailable(f"redis cluster moved {channel!r}: {exc}") from exc
+        except UNAVAILABLE as exc:
+            self.kick()
+            raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
+        await self._barrier_of(channel)
+        if epoch is None:
+            return EMPTY
+        return Position(text(epoch), int(seq or 0))
+
+    async def _barrier_of(self, channel: str) -> None:
+        address = self._route.get(channel)
+        loop = self._loops.get(address) if address is not None else None
+        if loop is None:
+            raise BrokerUnavailable(f"redis cluster: {channel!r} is not subscribed on a shard yet")
+        try:
+            ok = await loop.barrier()
+        except TimeoutError:
+            raise BrokerUnavailable("redis did not answer a pub/sub barrier") from None
+        if not ok:
+            raise BrokerUnavailable("the pub/sub connection was lost")
+
+    async def barrier(self) -> None:
+        """PING every reachable shard's pub/sub connection.  `position` already waited on the
+        channel's own shard; a shard that is down is skipped here (its channels are resynced
+        when it is back), so one failing shard never stalls the others' resyncs."""
+        loops = [loop for loop in self._loops.values() if loop.connected]
+        await asyncio.gather(*(loop.barrier() for loop in loops), return_exceptions=True)
+
+    async def history(self, channel: str, after_seq: int, limit: int | None = None) -> History:
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self._client_for_key(channel).pipeline(transaction=True) as pipe:
+                    pipe.hmget(meta_key(channel), ["epoch", "seq"])
+                    pipe.xrange(history_key(channel), "-", "+", count=1)
+                    pipe.xrange(history_key(channel), f"0-{after_seq + 1}", "+", count=limit)
+                    (epoch, seq), first, entries = await pipe.execute()
+        except (*_REDIRECTS, *UNAVAILABLE) as exc:
+            self.kick()
+            raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
+        if epoch is None:
+            return History(None, 0, None, [])
+        first_seq = int(text(first[0][0]).split("-")[1]) if first else None
+        retained = [(int(text(entry_id).split("-")[1]), fields[b"m"]) for entry_id, fields in entries]
+        return History(text(epoch), int(seq or 0), first_seq, retained)
+
+    async def count_subscribers(self, channel: str, local: int) -> int:
+        return await self._counter.count(channel, local)
