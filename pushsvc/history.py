@@ -29,7 +29,7 @@ async def rewind_position(broker: Broker, channel: str, count: int) -> Position:
     current = await broker.position(channel)
     if current.epoch is None or count <= 0:
         return current
-    retained = await broker.history(channel, max(0, current.seq - count))
+    retained = await broker.history(channel, max(0, current.seq - count), limit=1)  # only its bounds
     if retained.epoch != current.epoch or retained.first_seq is None:
         return Position(retained.epoch, retained.last_seq) if retained.epoch else EMPTY
     return Position(current.epoch, max(current.seq - count, retained.first_seq - 1))
@@ -81,8 +81,7 @@ async def read_page(broker: Broker, channel: str, after: str | None, limit: int)
     wanted = None if after is None else channel_position(after, current.epoch)
     reset = "unreadable_id" if after is not None and wanted is None else None
     after_seq = wanted.seq if wanted is not None and wanted.epoch is not None and wanted.epoch == current.epoch else 0
-    # TODO(merge): pass `limit` to broker.history (H4's parameter) instead of slicing below.
-    retained = await broker.history(channel, after_seq)
+    retained = await broker.history(channel, after_seq, limit=max(limit, 1))  # the page (sliced below)
     if wanted is not None:
         if wanted.epoch is None:
             complete = retained.epoch is None or retained.first_seq == 1
@@ -94,7 +93,7 @@ async def read_page(broker: Broker, channel: str, after: str | None, limit: int)
         if not complete and reset is None:
             reset = "too_old"
         if reset is not None and after_seq > 0:  # a reset starts at the oldest retained event
-            retained = await broker.history(channel, 0)
+            retained = await broker.history(channel, 0, limit=max(limit, 1))
     if retained.epoch is None:
         return Page([], "0", reset)
     if wanted is not None and reset is None:

@@ -33,7 +33,7 @@ from .hub_state import ChannelSync
 from .metrics import Metrics
 from .resume import Position
 
-__all__ = ["CLOSE", "ENDING", "EXPIRED", "OVERFLOW", "PING", "TAKE_MAX_BYTES", "Control", "Hub", "Subscriber", "Sync"]
+__all__ = ["CLOSE", "ENDING", "EXPIRED", "OVERFLOW", "PING", "TAKE_MAX_BYTES", "Control", "Hub", "StreamQueue", "Sync"]
 
 log = logging.getLogger("pushsvc.hub")
 
@@ -42,8 +42,9 @@ log = logging.getLogger("pushsvc.hub")
 TAKE_MAX_BYTES = 256 * 1024
 
 
-class Subscriber:
-    """One stream's bounded queue; filled by the hub, drained by the stream generator."""
+class StreamQueue:
+    """One stream's bounded queue (what the hub calls a subscriber): filled by the hub
+    with shared frames and control items, drained by the stream's pump."""
 
     __slots__ = (
         "aborted",
@@ -168,7 +169,7 @@ class Subscriber:
 
 @dataclass(slots=True)
 class _Channel:
-    subscribers: set[Subscriber] = field(default_factory=set)
+    subscribers: set[StreamQueue] = field(default_factory=set)
     sync: ChannelSync = field(default_factory=ChannelSync)
     idle_since: float | None = None
     history: _SharedRead | None = None
@@ -211,7 +212,7 @@ class Hub:
         self.tick = min(tick_seconds, keepalive_seconds / 2)
         self.write_timeout = write_timeout_seconds  # 0: no deadline
         self._channels: dict[str, _Channel] = {}
-        self._subscribers: set[Subscriber] = set()
+        self._subscribers: set[StreamQueue] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._empty = asyncio.Event()
@@ -261,7 +262,7 @@ class Hub:
 
     # -- subscribers -------------------------------------------------------------------
 
-    def add(self, sub: Subscriber) -> None:
+    def add(self, sub: StreamQueue) -> None:
         self._subscribers.add(sub)
         self._empty.clear()
         for channel in sub.channels:
@@ -274,7 +275,7 @@ class Hub:
             if state.sync.synced:
                 sub.push_control(Sync(channel, state.sync.position))
 
-    def remove(self, sub: Subscriber) -> None:
+    def remove(self, sub: StreamQueue) -> None:
         if sub not in self._subscribers:
             return
         self._subscribers.discard(sub)
@@ -282,7 +283,7 @@ class Hub:
         if not self._subscribers:
             self._empty.set()
 
-    def _detach(self, sub: Subscriber) -> None:
+    def _detach(self, sub: StreamQueue) -> None:
         now = time.monotonic()
         for channel in sub.channels:
             state = self._channels.get(channel)
@@ -306,7 +307,7 @@ class Hub:
         if frame.epoch is not None:
             state.sync.live(Position(frame.epoch, frame.seq))
         self.metrics.events_received += 1
-        cut: list[Subscriber] = []
+        cut: list[StreamQueue] = []
         for sub in state.subscribers:
             if not sub.push(frame):
                 cut.append(sub)

@@ -31,8 +31,8 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
 from . import gcpolicy, serverconfig
-from .accesslog import RedactingLogger
 from .config import ConfigError, Settings
+from .hypercorn_logger import RedactingLogger
 from .logs import configure as configure_logging
 
 log = logging.getLogger("pushsvc.server")

@@ -2,7 +2,7 @@
 chunk: `first_chunk` and `next_chunk`, between `start` and `stop` (the one loop over them,
 for both doors, is `pushsvc.core.streams.pump`).
 
-The driver takes what the hub queued for the stream (`Subscriber`), feeds it to the
+The driver takes what the hub queued for the stream (`StreamQueue`), feeds it to the
 cursor, performs the history reads the cursor asks for -- one page per chunk, so a long
 replay advances only as the client drains it -- and hands back the bytes.  While a
 catch-up runs, live items stay in the subscriber's queue, under its bound: a stream that
@@ -27,7 +27,7 @@ import time
 from . import sse
 from .broker import BrokerUnavailable, History
 from .cursor import RESET_EVENT, TOKEN_EXPIRED_EVENT, Cursor, End, ReadHistory, jittered
-from .hub import TAKE_MAX_BYTES, Hub, Subscriber
+from .hub import TAKE_MAX_BYTES, Hub, StreamQueue
 from .metrics import Metrics
 from .resume import Position
 
@@ -64,7 +64,7 @@ class StreamSession:
                              queue_size, queue_bytes, min(TAKE_MAX_BYTES, queue_bytes))
         self.counted = 0  # of the cursor's deliveries, how many are in the metrics already
         self.end_reason = "client"
-        self.subscriber = Subscriber(channels, queue_size, queue_bytes, expires_at)
+        self.subscriber = StreamQueue(channels, queue_size, queue_bytes, expires_at)
 
     @property
     def channels(self) -> tuple[str, ...]:

@@ -7,7 +7,7 @@
 * `pump` is the one loop that writes a session's body chunks with the server's ``send``,
   for the fast door and for the Quart route alike (whose body, `PumpedBody`, the fast door
   hands to `pump`).  It owns the write deadline: it
-  marks on the stream's `Subscriber` since when a write is pending (``writing_since``) and
+  marks on the stream's `StreamQueue` since when a write is pending (``writing_since``) and
   which task waits on it, so that the hub's ticker (``PUSHSVC_WRITE_TIMEOUT_SECONDS``) or
   an overflow can end a stream whose peer stopped reading by cancelling that task; the
   pump's ``finally`` then releases queue and session at once.
@@ -108,7 +108,7 @@ async def pump(session: StreamSession, send: Send) -> None:
     next chunk until the session ends it, as ASGI ``http.response.body`` messages (the
     caller sends the final one); unsubscribe in ``finally`` whatever happens.
 
-    The task that calls this is the one `Subscriber.interrupt` cancels when a write is
+    The task that calls this is the one `StreamQueue.interrupt` cancels when a write is
     stuck (the fast door then ends the response quietly; under Quart the cancelled handler
     task ends it), and ``end_reason`` tells the access log why.
     """

@@ -82,7 +82,9 @@ async def test_metrics_of_two_workers_are_summed_whichever_worker_answers(servic
         def complete(s: dict[str, float]) -> bool:
             return (s["pushsvc_open_streams"] == 6 and s["pushsvc_events_published_total"] == published
                     and s["pushsvc_publish_latency_seconds_count"] == published
-                    and s["pushsvc_streams_opened_total"] == 6)
+                    and s["pushsvc_streams_opened_total"] == 6
+                    # each worker got each event once (the other's snapshot is up to 1 s old)
+                    and s["pushsvc_events_received_total"] == 2 * published)
 
         samples = await until_scrape(service, complete)
         for _ in range(8):  # whichever worker answers, the sums hold

@@ -32,8 +32,8 @@ async def test_sigterm_with_2000_open_streams_ends_every_stream_cleanly(service_
         started = time.monotonic()
         service.proc.send_signal(signal.SIGTERM)
         await asyncio.gather(*[c.until_end(timeout=15) for c in clients])
+        elapsed = time.monotonic() - started  # every stream ended by the drain, not cut later
         code = await asyncio.to_thread(service.proc.wait, 15)
-        elapsed = time.monotonic() - started
     finally:
         await asyncio.gather(*[c.close() for c in clients])
     assert code == 0, service.log()[-4000:]
@@ -43,7 +43,7 @@ async def test_sigterm_with_2000_open_streams_ends_every_stream_cleanly(service_
     log = service.log()
     assert "Traceback" not in log and "CancelledError" not in log
     assert "drained streams for shutdown" in log
-    assert elapsed < 5  # Hypercorn's graceful_timeout in hypercorn.toml
+    assert elapsed < 5  # within Hypercorn's graceful_timeout (hypercorn.toml): drained, not cancelled
 
 
 async def test_sigterm_with_two_workers_drains_both(service_factory, redis_url):

@@ -251,7 +251,7 @@ async def test_access_log_redacts_token_query_credentials_headers_and_secret_env
 
     from hypercorn.config import Config
 
-    from pushsvc.accesslog import RedactingLogger
+    from pushsvc.hypercorn_logger import RedactingLogger
 
     monkeypatch.setenv("PUSHSVC_JWT_SECRET", jwts.SECRET)
     lines: list[str] = []

@@ -8,7 +8,7 @@ import asyncio
 from pushsvc.broker import History
 from pushsvc.broker.memory import MemoryBroker
 from pushsvc.events import Event
-from pushsvc.hub import Hub, Subscriber
+from pushsvc.hub import Hub, StreamQueue
 from pushsvc.metrics import Metrics
 from pushsvc.resume import Position
 
@@ -32,7 +32,7 @@ async def test_streams_catching_up_at_once_share_one_read_per_page():
     try:
         ids = (await broker.publish([Event(("news",), n) for n in range(30)])).ids
         epoch = ids[0][0].split("-")[0]
-        hub.add(Subscriber(("news",), 10, 1 << 20))  # the channel is live in this hub
+        hub.add(StreamQueue(("news",), 10, 1 << 20))  # the channel is live in this hub
         need = Position(epoch, 30)
         reads = [asyncio.create_task(hub.history("news", 10, need, 8)) for _ in range(50)]
         await asyncio.sleep(0)

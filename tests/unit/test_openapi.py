@@ -4,20 +4,28 @@ the error statuses the code can answer with (read from the handlers and what the
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 import json
+import pkgutil
 import re
 import sys
 import textwrap
 from importlib.resources import files
 from typing import Any
 
+import pushsvc
 from pushsvc.app import create_app
 from pushsvc.config import Settings
 from pushsvc.errors import ApiError
 
 SPEC = json.loads(files("pushsvc").joinpath("openapi.json").read_text())
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
+
+# Every pushsvc module loaded, so that the method-name scan below sees the same classes
+# whichever tests ran before (a name unique in a partial import may not be unique).
+for _module in pkgutil.walk_packages(pushsvc.__path__, "pushsvc."):
+    importlib.import_module(_module.name)
 
 
 def app_routes() -> dict[tuple[str, str], Any]:
@@ -52,6 +60,8 @@ def _callee(node: ast.Call, namespace: dict[str, Any]) -> Any:
     if isinstance(node.func, ast.Name):
         return namespace.get(node.func.id)
     if isinstance(node.func, ast.Attribute):
+        if any(hasattr(builtin, node.func.attr) for builtin in (str, bytes, list, dict, set, tuple)):
+            return None  # `after.count(".")` is str.count, not some pushsvc class's `count`
         candidates = _methods_named(node.func.attr)
         if len(candidates) == 1:  # an unambiguous method of a pushsvc class
             return candidates[0]

@@ -88,7 +88,7 @@ def test_the_text_log_format_escapes_control_characters_in_every_value(hostile):
 async def test_hypercorns_access_log_escapes_control_characters_in_every_atom():
     from hypercorn.config import Config
 
-    from pushsvc.accesslog import RedactingLogger
+    from pushsvc.hypercorn_logger import RedactingLogger
 
     lines: list[str] = []
 

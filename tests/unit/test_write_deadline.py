@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 
 from pushsvc.events import Frame
-from pushsvc.hub import OVERFLOW, Hub, Subscriber
+from pushsvc.hub import OVERFLOW, Hub, StreamQueue
 from pushsvc.metrics import Metrics
 
 
@@ -24,8 +24,8 @@ def frame(seq: int) -> Frame:
     return Frame("a", "e", seq, b"data: x\n\n", b"id: e-%d\ndata: x\n\n" % seq)
 
 
-async def stuck_stream(hub: Hub, since: float) -> tuple[Subscriber, asyncio.Task[Any]]:
-    sub = Subscriber(("a",), 2, 1 << 20)
+async def stuck_stream(hub: Hub, since: float) -> tuple[StreamQueue, asyncio.Task[Any]]:
+    sub = StreamQueue(("a",), 2, 1 << 20)
     hub.add(sub)
     sub.task = asyncio.create_task(asyncio.Event().wait())  # a write that never completes
     sub.writing_since = since
