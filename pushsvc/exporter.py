@@ -64,6 +64,9 @@ COUNTER_HELP = {
     "write_timeouts": "Streams ended because a write stayed pending for PUSHSVC_WRITE_TIMEOUT_SECONDS.",
     "publish_failures": "POST /publish answered 503 because the broker was unavailable.",
     "redis_reconnects": "Times the Redis pub/sub connection was lost and re-established.",
+    "redis_shard_messages": "Redis Cluster: messages read on the shard's sharded pub/sub connection.",
+    "redis_shard_reconnects": "Redis Cluster: times the shard's pub/sub connection was lost and re-established.",
+    "redis_shard_resubscriptions": "Redis Cluster: channels moved to this shard (failover, slot moved).",
     "auth_calls": "Calls to the app's authorisation callback (PUSHSVC_AUTH_URL).",
     "auth_denials": "Subscriptions the app refused (401/403, or a channel left out).",
     "auth_errors": "Callback calls that failed (unreachable, timeout, unexpected answer): refused for now.",
@@ -112,6 +115,11 @@ def local_snapshot(rt: Runtime) -> dict[str, Any]:
     """This process's values, as written to the snapshot file."""
     counters = rt.metrics.snapshot()
     counters["redis_reconnects"] = int(getattr(rt.broker, "reconnects", 0))
+    shards = getattr(rt.broker, "shards", None)  # Redis Cluster: per shard (a fixed, small set)
+    if callable(shards):
+        for address, figures in shards().items():
+            for figure, value in figures.items():
+                counters[f"redis_shard_{figure}|shard|{address}"] = int(value)
     counters["gc_scheduled_full_collections"] = GC.scheduled_full
     for generation in GENERATIONS:
         counters[f"gc_collections:{generation}"] = GC.collections[int(generation)]
@@ -194,7 +202,11 @@ def merge(own: dict[str, Any], others: list[tuple[dict[str, Any], bool]]) -> dic
 
 
 def _split(name: str) -> tuple[str, dict[str, str]]:
-    """``gc_collections:1`` -> (``gc_collections``, {"generation": "1"})."""
+    """``gc_collections:1`` -> (``gc_collections``, {"generation": "1"});
+    ``redis_shard_messages|shard|10.0.0.1:7000`` -> (``redis_shard_messages``, {"shard": ...})."""
+    if "|" in name:
+        base, label, value = name.split("|", 2)
+        return base, {label: value}
     base, _, generation = name.partition(":")
     return base, ({"generation": generation} if generation else {})
 

@@ -127,6 +127,8 @@ class ClusterBroker:
         self._refresher: asyncio.Task[None] | None = None
         self._topology_error = "topology not read yet"
         self.resubscriptions = 0
+        self._moved_in: dict[str, int] = {}
+        self._evicted: set[str] = set()  # channels unrouted by a topology change, to place again
         self._past_reconnects = 0  # of shards' loops closed since
         self._batches: dict[tuple[str, bool], list[_Waiting]] = {}
         self._flushes: set[asyncio.Task[None]] = set()
@@ -173,8 +175,11 @@ class ClusterBroker:
         return self._past_reconnects + sum(loop.reconnects for loop in self._loops.values())
 
     def shards(self) -> dict[str, dict[str, int]]:
-        """Per shard: messages read, reconnects (for metrics and tests)."""
-        return {a: {"messages": lp.messages, "reconnects": lp.reconnects} for a, lp in self._loops.items()}
+        """Per shard (current masters): messages read, reconnects, channels moved in (/metrics)."""
+        return {
+            a: {"messages": lp.messages, "reconnects": lp.reconnects, "resubscriptions": self._moved_in.get(a, 0)}
+            for a, lp in self._loops.items()
+        }
 
     # -- topology --------------------------------------------------------------------------
 
@@ -286,6 +291,7 @@ class ClusterBroker:
     async def _close_node(self, address: str) -> None:
         for channel in [ch for ch, at in self._route.items() if at == address]:
             del self._route[channel]  # placed again by the next refresh
+            self._evicted.add(channel)
         loop = self._loops.pop(address, None)
         if loop is not None:
             self._past_reconnects += loop.reconnects + 1  # the shard's connection is gone: a reconnect
@@ -303,7 +309,10 @@ class ClusterBroker:
             return
         if current is not None and current in self._loops:
             self._loops[current].drop(_names(channel))
+        if current is not None or channel in self._evicted:
+            self._evicted.discard(channel)
             self.resubscriptions += 1
+            self._moved_in[address] = self._moved_in.get(address, 0) + 1
             log.info("channel moved to another shard", extra={"channel": channel, "shard": address})
         self._route[channel] = address
         self._loops[address].want(_names(channel))
@@ -332,6 +341,7 @@ class ClusterBroker:
         if channel == CONTROL_CHANNEL:
             return
         self._wanted.discard(channel)
+        self._evicted.discard(channel)
         address = self._route.pop(channel, None)
         if address is not None and address in self._loops:
             self._loops[address].drop(_names(channel))
@@ -360,6 +370,7 @@ class ClusterBroker:
         log.info("redis dropped a sharded subscription (slot moved)", extra={"channel": public, "shard": address})
         if self._route.get(public) == address:
             del self._route[public]
+            self._evicted.add(public)
             self._loops[address].drop(_names(public))
         self.kick()
 

@@ -39,6 +39,14 @@ def spread_channels(cluster: RedisCluster, count: int, prefix: str) -> list[str]
     return names
 
 
+async def shard_metric(http: httpx.AsyncClient, service, figure: str, port: int) -> float:
+    text = (await http.get(service.base + "/metrics")).text
+    prefix = f'pushsvc_redis_shard_{figure}_total{{shard="127.0.0.1:{port}"}} '
+    values = [float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)]
+    assert values, f"no {prefix!r} in /metrics"
+    return values[0]
+
+
 def _unready(service) -> str | None:
     answer = httpx.get(service.base + "/readyz", timeout=2)
     return answer.json()["detail"] if answer.status_code == 503 else None
@@ -83,6 +91,10 @@ async def test_every_stream_on_two_processes_gets_every_event_of_100_channels_on
         # One sharded pub/sub connection per shard per process, whatever the streams.
         for master in redis_cluster.masters():
             assert redis_cluster.pubsub_clients(master) == 2, master.port
+        # /metrics counts messages per shard.
+        for service in services:
+            for master in redis_cluster.masters():
+                assert await shard_metric(http, service, "messages", master.port) > 0, master.port
     finally:
         for client in [*clients, *singles.values()]:
             await client.close()
@@ -297,6 +309,8 @@ async def test_a_cluster_failover_while_publishing_loses_nothing_silently(redis_
         http, services, channels, lambda: redis_cluster.failover(target)
     )
     assert redis_cluster.owner(channels[0]).port == new_master.port != target.port
+    for service in services:  # the failed-over shard's channels were re-subscribed on its new master
+        assert await shard_metric(http, service, "resubscriptions", new_master.port) >= len(moved)
     for roamer in roamers:
         resets = check_stream(roamer.events, channels, accepted)
         # Which happened: every failover starts new epochs on the shard (the promoted replica
