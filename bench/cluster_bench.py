@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import multiprocessing
 import sys
 import time
@@ -31,9 +32,14 @@ from tests.support.procs import RedisServer
 class Quiet:
     def __init__(self) -> None:
         self.arrivals: list[float] = []
+        self.latencies: list[float] = []
 
     def on_message(self, channel: str, payload: bytes, trusted: bool = True) -> None:
+        now = time.time()
         self.arrivals.append(time.monotonic())
+        data = json.loads(payload).get("data")
+        if isinstance(data, dict) and "t" in data:
+            self.latencies.append(now - data["t"])
 
     def on_subscribed(self, channel: str) -> None:
         pass
@@ -111,7 +117,7 @@ async def longest_gap(cluster: RedisCluster, fault: str) -> None:
         nonlocal sent
         while not stop.is_set():
             try:
-                await broker.publish([Event((channel,), {"n": sent})])
+                await broker.publish([Event((channel,), {"n": sent, "t": time.time()})])
                 sent += 1
             except Exception:
                 pass
@@ -130,8 +136,11 @@ async def longest_gap(cluster: RedisCluster, fault: str) -> None:
     await task
     arrivals = [t for t in listener.arrivals if t > t0 - 1]
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    print(f"{fault:28s} longest gap in live delivery {max(gaps) * 1000:7.0f} ms "
-          f"({len(listener.arrivals)} live deliveries of {sent} accepted publishes)")
+    latencies = sorted(listener.latencies)
+    p99 = latencies[int(len(latencies) * 0.99)] if latencies else float("nan")
+    print(f"{fault:28s} longest gap in live delivery {max(gaps) * 1000:7.0f} ms, "
+          f"p99 publish-to-delivery {p99 * 1000:.0f} ms ({len(listener.arrivals)} live deliveries of {sent} "
+          "accepted publishes)")
     await broker.stop()
     if fault == "kill":
         await asyncio.to_thread(cluster.restart, master)
