@@ -227,85 +227,110 @@ class RestartPolicy:
         return float(min(MAX_RESTART_DELAY_SECONDS, 0.5 * 2.0 ** (self.fast_crashes - 1)))
 
 
-def _supervise(settings: Settings, config_path: str | None, sock: socket.socket, workers: int) -> int:
+class _Slot:
+    """One worker slot: its current process, whether it is armed, and its restart state."""
+
+    __slots__ = ("armed", "policy", "process", "restart_at", "started_at")
+
+    def __init__(self, process: Any, armed: Any) -> None:
+        self.process = process
+        self.armed = armed
+        self.started_at = time.monotonic()
+        self.restart_at: float | None = None
+        self.policy = RestartPolicy()
+
+
+class _Supervisor:
     """Start `workers` processes on `sock`, restart any that dies (with backoff, see
     `RestartPolicy`), forward stop signals.
 
     A signal is forwarded to a worker only once it is armed (its own handler installed):
     before that, the default action would kill it uncleanly.
     """
-    ctx = multiprocessing.get_context("spawn")
-    stop_signal: int | None = None
-    gave_up = False
-    processes: list[Any] = []
-    armed: list[Any] = []
-    started_at: list[float] = []
-    restart_at: list[float | None] = []
-    policies = [RestartPolicy() for _ in range(workers)]
-    signalled: set[int] = set()
 
-    def start() -> tuple[Any, Any]:
-        ready = ctx.Event()
-        process = ctx.Process(target=run_worker, args=(settings, config_path, sock, ready), daemon=False)
+    def __init__(self, settings: Settings, config_path: str | None, sock: socket.socket) -> None:
+        self.ctx = multiprocessing.get_context("spawn")
+        self.args = (settings, config_path, sock)
+        self.slots: list[_Slot] = []
+        self.stop_signal: int | None = None
+        self.gave_up = False
+        self.signalled: set[int] = set()
+
+    def _start(self) -> tuple[Any, Any]:
+        ready = self.ctx.Event()
+        process = self.ctx.Process(target=run_worker, args=(*self.args, ready), daemon=False)
         process.start()
         return process, ready
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        nonlocal stop_signal
-        stop_signal = signum
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.stop_signal = signum
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    for _ in range(workers):
-        if stop_signal is None:
-            process, ready = start()
-            processes.append(process)
-            armed.append(ready)
-            started_at.append(time.monotonic())
-            restart_at.append(None)
-    log.info("workers started", extra={"workers": len(processes)})
-    while True:
-        if stop_signal is not None:
-            for process, ready in zip(processes, armed, strict=True):
-                if process.pid not in signalled and process.is_alive() and ready.is_set():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(process.pid, stop_signal)
-                    signalled.add(process.pid)
-        alive = [p for p in processes if p.is_alive()]
-        waiting = [at for at in restart_at if at is not None]
-        if not alive and (stop_signal is not None or not waiting):
-            break
-        timeout = 0.05 if stop_signal else 1.0
-        if waiting and stop_signal is None:
+    def run(self, workers: int) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for _ in range(workers):
+            if self.stop_signal is None:
+                self.slots.append(_Slot(*self._start()))
+        log.info("workers started", extra={"workers": len(self.slots)})
+        while self._wait():
+            if self.stop_signal is None:
+                self._restart_or_give_up(time.monotonic())
+        return self._exit_status()
+
+    def _wait(self) -> bool:
+        """Forward a stop signal, wait for a worker to exit or a restart to fall due; False
+        once there is nothing left to wait for."""
+        if self.stop_signal is not None:
+            self._forward(self.stop_signal)
+        alive = [slot.process for slot in self.slots if slot.process.is_alive()]
+        waiting = [slot.restart_at for slot in self.slots if slot.restart_at is not None]
+        if not alive and (self.stop_signal is not None or not waiting):
+            return False
+        timeout = 0.05 if self.stop_signal else 1.0
+        if waiting and self.stop_signal is None:
             timeout = max(0.0, min(timeout, min(waiting) - time.monotonic()))
-        wait_for_sentinels([p.sentinel for p in alive], timeout=timeout)
-        if stop_signal is not None:
-            continue
-        now = time.monotonic()
-        for i, process in enumerate(processes):
-            due = restart_at[i]
-            if due is not None:
-                if now >= due:
-                    processes[i], armed[i] = start()
-                    started_at[i], restart_at[i] = now, None
+        wait_for_sentinels([process.sentinel for process in alive], timeout=timeout)
+        return True
+
+    def _forward(self, signum: int) -> None:
+        for slot in self.slots:
+            process = slot.process
+            if process.pid not in self.signalled and process.is_alive() and slot.armed.is_set():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signum)
+                self.signalled.add(process.pid)
+
+    def _restart_or_give_up(self, now: float) -> None:
+        for slot in self.slots:
+            if slot.restart_at is not None:
+                if now >= slot.restart_at:
+                    slot.process, slot.armed = self._start()
+                    slot.started_at, slot.restart_at = now, None
                 continue
-            if process.is_alive():
+            if slot.process.is_alive():
                 continue
-            delay = policies[i].on_exit(now - started_at[i])
+            delay = slot.policy.on_exit(now - slot.started_at)
             if delay is None:
                 log.error(
                     "worker keeps crashing at start-up; giving up",
-                    extra={"exitcode": process.exitcode, "crashes": MAX_FAST_CRASHES,
+                    extra={"exitcode": slot.process.exitcode, "crashes": MAX_FAST_CRASHES,
                            "within_seconds": FAST_CRASH_SECONDS},
                 )
-                gave_up = True
-                stop_signal = signal.SIGTERM
-                break
+                self.gave_up = True
+                self.stop_signal = signal.SIGTERM
+                return
             log.warning("worker exited, restarting",
-                        extra={"exitcode": process.exitcode, "delay_seconds": delay})
-            restart_at[i] = now + delay
-    codes = [p.exitcode or 0 for p in processes]
-    for process, code in zip(processes, codes, strict=True):
-        if code and not gave_up:
-            log.warning("worker exited with an error", extra={"pid": process.pid, "exitcode": code})
-    return 1 if gave_up or any(code != 0 for code in codes) else 0
+                        extra={"exitcode": slot.process.exitcode, "delay_seconds": delay})
+            slot.restart_at = now + delay
+
+    def _exit_status(self) -> int:
+        codes = [slot.process.exitcode or 0 for slot in self.slots]
+        for slot, code in zip(self.slots, codes, strict=True):
+            if code and not self.gave_up:
+                log.warning("worker exited with an error", extra={"pid": slot.process.pid, "exitcode": code})
+        return 1 if self.gave_up or any(code != 0 for code in codes) else 0
+
+
+def _supervise(settings: Settings, config_path: str | None, sock: socket.socket, workers: int) -> int:
+    """Run `workers` worker processes on `sock` under a `_Supervisor` until they have all exited."""
+    return _Supervisor(settings, config_path, sock).run(workers)
