@@ -192,3 +192,9 @@ def position_ids(text: str | bytes) -> list[str]:
     if isinstance(text, bytes):
         text = text.decode("ascii")
     return text.split(" ")
+
+
+def history_entry_seq(entry_id: bytes | str) -> int:
+    """The sequence of a history stream entry (its id is ``0-<seq>``)."""
+    text = entry_id.decode("ascii") if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[1])

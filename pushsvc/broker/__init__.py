@@ -11,10 +11,10 @@ import base64
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..events import Event
-from ..wire import Position, history_key, meta_key
+from ..wire import Position, history_entry_seq, history_key, meta_key
 from .scripts import Idempotency, IdempotencyConflict
 
 __all__ = [
@@ -55,6 +55,28 @@ class History:
     last_seq: int
     first_seq: int | None  # lowest retained sequence; None when nothing is retained
     entries: list[tuple[int, bytes]]
+
+
+def queue_history_reads(pipe: Any, channel: str, after_seq: int, limit: int | None) -> None:
+    """Queue a channel's history read on a Redis pipeline (meta, first entry, the entries
+    after `after_seq`); `history_from_replies` reads the answers.  Shared by both Redis
+    brokers (on a cluster, every key is on the channel's shard)."""
+    pipe.hmget(meta_key(channel), ["epoch", "seq"])
+    pipe.xrange(history_key(channel), "-", "+", count=1)
+    pipe.xrange(history_key(channel), f"0-{after_seq + 1}", "+", count=limit)
+
+
+def history_from_replies(replies: Sequence[Any]) -> History:
+    (epoch, seq), first, entries = replies
+    if epoch is None:
+        return History(None, 0, None, [])
+    first_seq = history_entry_seq(first[0][0]) if first else None
+    retained = [(history_entry_seq(entry_id), fields[b"m"]) for entry_id, fields in entries]
+    return History(_text(epoch), int(seq or 0), first_seq, retained)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 class Listener(Protocol):

@@ -55,9 +55,18 @@ from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptErr
 
 from ..events import Event
 from ..wire import CONTROL_CHANNEL, EMPTY, Position, channel_of_live, history_key, live_channel, meta_key
-from . import BrokerUnavailable, History, Listener, OutcomeUnknown, Published, new_epoch
+from . import (
+    BrokerUnavailable,
+    History,
+    Listener,
+    OutcomeUnknown,
+    Published,
+    history_from_replies,
+    new_epoch,
+    queue_history_reads,
+)
 from .counting import SubscriberCounter
-from .pubsub import SHARDED, UNAVAILABLE, PubSubLoop, text
+from .pubsub import SHARDED, UNAVAILABLE, PubSubLoop, route_message, text
 from .scripts import POSITION_LUA, Call, Idempotency, cluster_calls_for, max_copies, publish_lua, read_replies
 
 log = logging.getLogger("pushsvc.redis")
@@ -347,16 +356,8 @@ class ClusterBroker:
             self._loops[address].drop(_names(channel))
 
     def _on_message(self, name: str, payload: bytes) -> None:
-        listener = self._listener
-        assert listener is not None
-        if name == CONTROL_CHANNEL:
-            self._counter.on_query(payload)
-            return
-        internal = channel_of_live(name)
-        if internal is not None:
-            listener.on_message(internal, payload, True)
-        else:
-            listener.on_message(name, payload, False)
+        assert self._listener is not None
+        route_message(self._listener, self._counter.on_query, name, payload)
 
     def _on_confirmed(self, address: str, name: str) -> None:
         public = channel_of_live(name) or name
@@ -557,18 +558,12 @@ class ClusterBroker:
         try:
             async with asyncio.timeout(self.timeout):
                 async with self._client_for_key(channel).pipeline(transaction=True) as pipe:
-                    pipe.hmget(meta_key(channel), ["epoch", "seq"])
-                    pipe.xrange(history_key(channel), "-", "+", count=1)
-                    pipe.xrange(history_key(channel), f"0-{after_seq + 1}", "+", count=limit)
-                    (epoch, seq), first, entries = await pipe.execute()
+                    queue_history_reads(pipe, channel, after_seq, limit)
+                    replies = await pipe.execute()
         except (*_REDIRECTS, *UNAVAILABLE) as exc:
             self.kick()
             raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
-        if epoch is None:
-            return History(None, 0, None, [])
-        first_seq = int(text(first[0][0]).split("-")[1]) if first else None
-        retained = [(int(text(entry_id).split("-")[1]), fields[b"m"]) for entry_id, fields in entries]
-        return History(text(epoch), int(seq or 0), first_seq, retained)
+        return history_from_replies(replies)
 
     async def count_subscribers(self, channel: str, local: int) -> int:
         return await self._counter.count(channel, local)

@@ -34,6 +34,8 @@ from typing import Any
 from redis.asyncio.connection import Connection, ConnectionPool
 from redis.exceptions import RedisError, ResponseError
 
+from ..wire import CONTROL_CHANNEL, channel_of_live
+
 log = logging.getLogger("pushsvc.redis")
 
 UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
@@ -45,6 +47,20 @@ class PubSubDead(Exception):
 
 def text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def route_message(listener: Any, on_control: Callable[[bytes], None], name: str, payload: bytes) -> None:
+    """A pub/sub message to where it belongs: the control channel's queries to `on_control`;
+    the internal ``pushsvc:{<ch>}:live`` channel's to the listener as trusted messages of
+    ``<ch>``; a raw message on a public name as untrusted (it can never carry a position)."""
+    if name == CONTROL_CHANNEL:
+        on_control(payload)
+        return
+    internal = channel_of_live(name)
+    if internal is not None:
+        listener.on_message(internal, payload, True)
+    else:
+        listener.on_message(name, payload, False)
 
 
 # -- the adapter over redis-py ---------------------------------------------------------------

@@ -38,10 +38,19 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
 from ..events import Event
-from ..wire import CONTROL_CHANNEL, EMPTY, Position, channel_of_live, history_key, live_channel, meta_key
-from . import BrokerUnavailable, History, Listener, OutcomeUnknown, Published, new_epoch
+from ..wire import CONTROL_CHANNEL, EMPTY, Position, channel_of_live, live_channel, meta_key
+from . import (
+    BrokerUnavailable,
+    History,
+    Listener,
+    OutcomeUnknown,
+    Published,
+    history_from_replies,
+    new_epoch,
+    queue_history_reads,
+)
 from .counting import SubscriberCounter
-from .pubsub import UNAVAILABLE, PubSubLoop, text
+from .pubsub import UNAVAILABLE, PubSubLoop, route_message, text
 from .scripts import (
     PUBLISH_LUA,
     Call,
@@ -220,17 +229,11 @@ class RedisBroker:
         try:
             async with asyncio.timeout(self.timeout):
                 async with self.client.pipeline(transaction=True) as pipe:
-                    pipe.hmget(meta_key(channel), ["epoch", "seq"])
-                    pipe.xrange(history_key(channel), "-", "+", count=1)
-                    pipe.xrange(history_key(channel), f"0-{after_seq + 1}", "+", count=limit)
-                    (epoch, seq), first, entries = await pipe.execute()
+                    queue_history_reads(pipe, channel, after_seq, limit)
+                    replies = await pipe.execute()
         except _UNAVAILABLE as exc:
             raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
-        if epoch is None:
-            return History(None, 0, None, [])
-        first_seq = int(_text(first[0][0]).split("-")[1]) if first else None
-        retained = [(int(_text(entry_id).split("-")[1]), fields[b"m"]) for entry_id, fields in entries]
-        return History(_text(epoch), int(seq or 0), first_seq, retained)
+        return history_from_replies(replies)
 
     async def barrier(self) -> None:
         """Return once every message Redis published before this call has been read.
@@ -272,16 +275,8 @@ class RedisBroker:
         self._loop.drop(self._redis_names(channel))
 
     def _on_message(self, name: str, payload: bytes) -> None:
-        listener = self._listener
-        assert listener is not None
-        if name == CONTROL_CHANNEL:
-            self._counter.on_query(payload)
-            return
-        internal = channel_of_live(name)
-        if internal is not None:
-            listener.on_message(internal, payload, True)
-        else:
-            listener.on_message(name, payload, False)
+        assert self._listener is not None
+        route_message(self._listener, self._counter.on_query, name, payload)
 
     def _on_confirmed(self, name: str) -> None:
         public = channel_of_live(name) or name
