@@ -24,7 +24,7 @@ import pytest
 
 from tests.support.h2stall import StalledH2Client
 from tests.support.helpers import TOKEN, metric
-from tests.support.load import publish_bulk, rss_bytes
+from tests.support.load import PeakRSS, publish_bulk
 from tests.support.procs import ROOT, Service, require_binary
 
 pytestmark = pytest.mark.e2e
@@ -197,26 +197,14 @@ async def test_a_stalled_http2_stream_is_cut_reset_and_freed(service_factory, re
                 await asyncio.sleep(0.05)
 
         await asyncio.wait_for(all_open(), 10)
-        before = rss_bytes(service.proc.pid)
-        peak = before
-
-        async def sample() -> None:
-            nonlocal peak
-            while True:
-                peak = max(peak, rss_bytes(service.proc.pid))
-                await asyncio.sleep(0.05)
-
-        sampler = asyncio.create_task(sample())
-        try:
+        async with PeakRSS(service.proc.pid) as rss:
             await publish_bulk(service.base, "h2-stalled", 20 * 1024 * 1024, 10 * 1024)
             await client.wait_for(lambda: client.reset >= set(streams) or client.closed, 30)
-        finally:
-            sampler.cancel()
         assert client.reset >= set(streams), f"{len(client.reset)} of {STALLED} streams reset"
         assert client.body_bytes == 0  # the window stayed shut: nothing could have been read
         assert await metric(http, service, "pushsvc_slow_consumer_disconnects_total") == STALLED
         assert await metric(http, service, "pushsvc_open_streams") == 0
     finally:
         await client.close()
-    print(f"RSS growth under {STALLED} stalled HTTP/2 streams: {(peak - before) / 2**20:.1f} MiB")
-    assert peak - before < H2_RSS_BOUND, f"RSS grew by {(peak - before) / 2**20:.1f} MiB"
+    print(f"RSS growth under {STALLED} stalled HTTP/2 streams: {rss.growth / 2**20:.1f} MiB")
+    assert rss.growth < H2_RSS_BOUND, f"RSS grew by {rss.growth / 2**20:.1f} MiB"

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from tests.support.helpers import metric
-from tests.support.load import publish_bulk, read_like_a_browser, rss_bytes, stalled_reader
+from tests.support.load import PeakRSS, publish_bulk, read_like_a_browser, stalled_reader
 from tests.support.sse_client import SSEClient
 
 pytestmark = pytest.mark.e2e
@@ -30,39 +30,29 @@ async def test_stalled_readers_are_cut_with_bounded_memory_while_healthy_clients
     healthy = [await SSEClient.open(service.port, ["firehose"]) for _ in range(2)]
     await asyncio.gather(*[c.wait_open() for c in healthy])
     slow = [await asyncio.to_thread(stalled_reader, service.port, "firehose") for _ in range(SLOW)]
-    before = rss_bytes(service.proc.pid)
-    peak = before
-
-    async def sample() -> None:
-        nonlocal peak
-        while True:
-            peak = max(peak, rss_bytes(service.proc.pid))
-            await asyncio.sleep(0.05)
-
-    sampler = asyncio.create_task(sample())
     try:
-        reading = [asyncio.create_task(read_like_a_browser(service.port, "firehose", c, 2048)) for c in healthy]
-        count = await publish_bulk(service.base, "firehose", 20 * 1024 * 1024, 10 * 1024)
-        assert count == 2048
-        for values in await asyncio.gather(*reading):
-            assert values == list(range(count))  # a healthy client that was cut resumed without loss
+        async with PeakRSS(service.proc.pid) as rss:
+            reading = [asyncio.create_task(read_like_a_browser(service.port, "firehose", c, 2048)) for c in healthy]
+            count = await publish_bulk(service.base, "firehose", 20 * 1024 * 1024, 10 * 1024)
+            assert count == 2048
+            for values in await asyncio.gather(*reading):
+                assert values == list(range(count))  # a healthy client that was cut resumed without loss
 
-        async def all_cut() -> None:
-            while await metric(http, service, "pushsvc_slow_consumer_disconnects_total") < SLOW:
-                await asyncio.sleep(0.1)
+            async def all_cut() -> None:
+                while await metric(http, service, "pushsvc_slow_consumer_disconnects_total") < SLOW:
+                    await asyncio.sleep(0.1)
 
-        await asyncio.wait_for(all_cut(), 30)
+            await asyncio.wait_for(all_cut(), 30)
 
-        async def released() -> None:  # pushsvc ended every stalled stream, stuck write or not
-            while await metric(http, service, "pushsvc_open_streams") > len(healthy):
-                await asyncio.sleep(0.1)
+            async def released() -> None:  # pushsvc ended every stalled stream, stuck write or not
+                while await metric(http, service, "pushsvc_open_streams") > len(healthy):
+                    await asyncio.sleep(0.1)
 
-        await asyncio.wait_for(released(), 10)
-        assert await metric(http, service, "pushsvc_write_timeouts_total") == 0
+            await asyncio.wait_for(released(), 10)
+            assert await metric(http, service, "pushsvc_write_timeouts_total") == 0
     finally:
-        sampler.cancel()
         for sock in slow:
             sock.close()
         await asyncio.gather(*[c.close() for c in healthy])
-    print(f"RSS growth under {SLOW} stalled readers: {(peak - before) / 2**20:.1f} MiB")
-    assert peak - before < RSS_BOUND, f"RSS grew by {(peak - before) / 2**20:.1f} MiB"
+    print(f"RSS growth under {SLOW} stalled readers: {rss.growth / 2**20:.1f} MiB")
+    assert rss.growth < RSS_BOUND, f"RSS grew by {rss.growth / 2**20:.1f} MiB"

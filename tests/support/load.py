@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -72,3 +73,32 @@ async def read_like_a_browser(port: int, channel: str, client: SSEClient, count:
         values.append(json.loads(event.data)["n"])
     await client.close()
     return values
+
+
+class PeakRSS:
+    """Samples a process's RSS every 50 ms while the `async with` block runs: `before` (on
+    entry) and `peak` (the highest sample, `before` included); `growth` is peak - before."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.before = self.peak = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.before
+
+    async def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss_bytes(self.pid))
+            await asyncio.sleep(0.05)
+
+    async def __aenter__(self) -> PeakRSS:
+        self.before = self.peak = rss_bytes(self.pid)
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
