@@ -11,6 +11,13 @@ write to it fails), so it is cheaper than any correct server: whatever it costs 
 and per delivery is Hypercorn's (and asyncio's) share, which no app running under Hypercorn
 can go below.  The same garbage-collector settings as `pushsvc serve`.
 
+Fed from Redis when ``BENCH_FEED_REDIS`` (a ``redis://host:port`` URL) and
+``BENCH_FEED_CHANNEL`` (a pub/sub channel) are set: one raw-socket subscriber (hiredis
+parser) frames each message as it is, ``data: <message>`` -- no JSON parse, no id -- and fans
+it out.  That is how the fixed-rate bench feeds it the same messages, through the same
+publish script, as pushsvc (``pushsvc:{bench}:live``), so the two differ only in what the
+app does with them.
+
     hypercorn --config bench/hypercorn-bench.toml --bind 127.0.0.1:8000 bench.bare_asgi:app
 """
 
@@ -19,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 from typing import Any
 
 gc.collect()
@@ -65,6 +73,33 @@ async def _stream(send: Any) -> None:
         STREAMS.discard(stream)
 
 
+class _RedisFeed(asyncio.Protocol):
+    """SUBSCRIBE to one channel; every ``message`` push becomes one frame for all streams."""
+
+    def __init__(self, channel: bytes) -> None:
+        import hiredis
+
+        self.channel = channel
+        self.reader = hiredis.Reader()
+
+    def connection_made(self, transport: Any) -> None:
+        transport.write(b"*2\r\n$9\r\nSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(self.channel), self.channel))
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            if isinstance(reply, list) and reply[0] == b"message":
+                _fan_out(b"data: " + reply[2] + b"\n\n")
+
+
+async def _start_feed() -> None:
+    url, channel = os.environ.get("BENCH_FEED_REDIS", ""), os.environ.get("BENCH_FEED_CHANNEL", "")
+    if not (url and channel):
+        return
+    host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    await asyncio.get_running_loop().create_connection(lambda: _RedisFeed(channel.encode()), host, int(port))
+
+
 async def _publish(receive: Any, send: Any) -> None:
     body = b""
     while True:
@@ -87,6 +122,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                await _start_feed()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})

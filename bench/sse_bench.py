@@ -53,6 +53,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
+import fixed_rate as fixed_rate_mod  # noqa: E402
 import uvloop  # noqa: E402
 from loadgen import (  # noqa: E402
     ClientProcess,
@@ -69,6 +70,7 @@ CHANNEL = "bench"
 TOKEN = "bench-token"
 PAD = "x" * 64
 STREAMS_PER_CLIENT = 5000
+LIVE_CHANNEL = "pushsvc:{bench}:live"  # where pushsvc's publish script publishes CHANNEL's events
 
 
 def payload(seq: int) -> str:
@@ -150,30 +152,53 @@ VARIANT_MODULES = {"bare": "bare_asgi", "naive": "naive_quart"}
 
 
 class Pushsvc(Server):
+    """`pushsvc serve` (or a variant) under Hypercorn.  `write_delay_ms` sets
+    PUSHSVC_WRITE_DELAY_MS; `root` runs the pushsvc of another checkout (its directory first
+    on the path); `feed_redis` (the bare variant) feeds it the live messages of pushsvc's
+    publish script from Redis; `config` replaces the Hypercorn TOML (e.g. with TLS)."""
+
     name = "pushsvc"
 
-    def __init__(self, redis_url: str, n: int, workers: int = 1, variant: str = "") -> None:
+    def __init__(self, redis_url: str, n: int, workers: int = 1, variant: str = "",
+                 write_delay_ms: int | None = None, root: Path | None = None, label: str = "",
+                 feed_redis: bool = False, config: Path | None = None) -> None:
         self.workers = workers
         self.variant = variant
-        self.redis_based = variant != "bare"
+        self.write_delay_ms = write_delay_ms
+        self.root = root
+        self.feed_redis = feed_redis
+        self.config = config or HERE / "hypercorn-bench.toml"
+        self.redis_based = variant != "bare" or feed_redis
         if workers > 1:
             self.name = f"pushsvc-w{workers}"
         if variant:
             self.name = f"pushsvc-{variant}"
+        if label:
+            self.name = label
         super().__init__(redis_url, n)
+
+    def cwd(self) -> Path:
+        return self.root or ROOT
 
     def command(self) -> list[str]:
         if self.variant in ("bare", "naive"):  # bench/bare_asgi.py, bench/naive_quart.py
-            return [sys.executable, "-m", "hypercorn", "--config", str(HERE / "hypercorn-bench.toml"),
+            return [sys.executable, "-m", "hypercorn", "--config", str(self.config),
                     "--bind", f"127.0.0.1:{self.port}", f"bench.{VARIANT_MODULES[self.variant]}:app"]
         entry = [str(HERE / "quart_only.py")] if self.variant == "quart" else ["-m", "pushsvc.cli"]
         return [sys.executable, *entry, "serve", "--bind", f"127.0.0.1:{self.port}",
-                "--workers", str(self.workers), "--config", str(HERE / "hypercorn-bench.toml")]
+                "--workers", str(self.workers), "--config", str(self.config)]
 
     def env(self) -> dict[str, str]:
         env = {**os.environ, "PUSHSVC_REDIS_URL": self.redis_url, "BENCH_REDIS_URL": self.redis_url,
                "PUSHSVC_PUBLISH_TOKENS": TOKEN,
                "PUSHSVC_LOG_LEVEL": "WARNING", "PUSHSVC_MAX_STREAMS": "20000"}
+        if self.write_delay_ms is not None:
+            env["PUSHSVC_WRITE_DELAY_MS"] = str(self.write_delay_ms)
+        if self.root is not None:
+            env["PYTHONPATH"] = str(self.root)
+        if self.feed_redis:
+            env["BENCH_FEED_REDIS"] = self.redis_url
+            env["BENCH_FEED_CHANNEL"] = LIVE_CHANNEL
         return env
 
     def http_publish(self, data: str) -> tuple[str, bytes, str]:
@@ -388,12 +413,14 @@ def fanout(server: Server, n: int, args: argparse.Namespace, redis_url: str) -> 
         }
         expected = connected * args.events
         started = time.monotonic()
+        lcpu0 = loadgen_cpu_seconds(clients)
         spy = profiler(server, args, f"{server.name}-{n}-fanout")
         uvloop.run(_publish_spaced(server, redis_url, args.publish, 1, args.events, args.interval))
         got = clients.wait_quiet(expected, limit=60)
         stop_profiler(spy)
         elapsed = time.monotonic() - started
         cpu2 = tree_cpu_seconds(server.pid)
+        lcpu = loadgen_cpu_seconds(clients) - lcpu0
         seqs, lat, dups, closed = clients.collect()
         lat_ms = [v / 1e6 for v in lat]
         per_event: dict[int, float] = {}
@@ -411,6 +438,9 @@ def fanout(server: Server, n: int, args: argparse.Namespace, redis_url: str) -> 
             "last_subscriber_max_ms": max(last) if last else math.nan,
             "fanout_deliveries_per_s": connected / (statistics.median(last) / 1000) if last else 0.0,
             "phase_s": elapsed,
+            "loadgen_cpu_per_delivery_us": lcpu / max(len(seqs), 1) * 1e6,
+            "loadgen_cpu_pct": lcpu / elapsed * 100,
+            "server_cpu_pct": (cpu2 - cpu1) / elapsed * 100,
         })
         return result
     finally:
@@ -506,6 +536,90 @@ def throughput(server: Server, args: argparse.Namespace, redis_url: str) -> dict
             "best_rate": best["rate"] if best else 0}
 
 
+def loadgen_cpu_seconds(clients: Clients) -> float:
+    """CPU of the subscriber processes (the load generator's share on the shared cores)."""
+    return sum(tree_cpu_seconds(proc.proc.pid) for proc in clients.procs if proc.proc.pid)
+
+
+def fixed_rate(server: Server, args: argparse.Namespace, redis: RedisServer) -> dict[str, Any]:
+    """100 subscribers; for each rate, `--rate-seconds` of events paced by the clock
+    (bench/rate_publisher.py in its own process), then wait until every stream has them."""
+    clients = Clients(fixed_rate_mod.SUBSCRIBERS)
+    assert redis.proc is not None
+    steps = []
+    try:
+        opened = clients.open(server, fixed_rate_mod.SUBSCRIBERS, 30)
+        connected = opened["connected"]
+        time.sleep(1.0)
+        seq = 1
+        # warm-up (not counted): first allocations, caches, the script's first load
+        pub = publish_fixed(server, redis, args.rates[0], min(2.0, args.rate_seconds), seq)
+        clients.wait_quiet(pub["sent"] * connected, limit=30, quiet=2.0)
+        clients.collect()
+        seq += pub["sent"] + 10
+        for rate in args.rates:
+            cpu0, rcpu0, lcpu0 = (tree_cpu_seconds(server.pid), tree_cpu_seconds(redis.proc.pid),
+                                  loadgen_cpu_seconds(clients))
+            t0 = time.monotonic()
+            spy = profiler(server, args, f"{server.name}-fixed-{rate}")
+            pub = publish_fixed(server, redis, rate, args.rate_seconds, seq)
+            expected = pub["sent"] * connected
+            clients.wait_quiet(expected, limit=30, quiet=2.0)
+            stop_profiler(spy)
+            took = time.monotonic() - t0
+            cpu1, rcpu1, lcpu1 = (tree_cpu_seconds(server.pid), tree_cpu_seconds(redis.proc.pid),
+                                  loadgen_cpu_seconds(clients))
+            seqs, lat, dups, closed = clients.collect()
+            lat_ms = [v / 1e6 for v in lat]
+            sub_pct = (lcpu1 - lcpu0) / pub["seconds"] * 100
+            pub_pct = pub["cpu_s"] / pub["seconds"] * 100
+            step = {"rate": rate, "achieved_rate": pub["achieved_rate"], "max_behind_ms": pub["max_behind_ms"],
+                    "publish_errors": pub["errors"], "sent": pub["sent"], "expected": expected,
+                    "deliveries": len(seqs), "loss": expected - len(seqs), "dups": dups, "closed": closed,
+                    "p50_ms": percentile(lat_ms, 0.5), "p99_ms": percentile(lat_ms, 0.99),
+                    "max_ms": max(lat_ms) if lat_ms else math.nan,
+                    "cpu_per_delivery_us": (cpu1 - cpu0) / max(len(seqs), 1) * 1e6,
+                    "server_cpu_pct": (cpu1 - cpu0) / pub["seconds"] * 100,
+                    "redis_cpu_per_event_us": (rcpu1 - rcpu0) / max(pub["sent"], 1) * 1e6,
+                    "redis_cpu_pct": (rcpu1 - rcpu0) / pub["seconds"] * 100,
+                    "subscribers_cpu_pct": sub_pct, "publisher_cpu_pct": pub_pct,
+                    "loadgen_cpu_pct": sub_pct + pub_pct, "window_s": took}
+            steps.append(step)
+            print(f"    {server.name} {rate:>5}/s (achieved {pub['achieved_rate']:,.0f}, behind ≤ "
+                  f"{pub['max_behind_ms']:.1f} ms): CPU/delivery {step['cpu_per_delivery_us']:.2f} µs, "
+                  f"p50 {step['p50_ms']:.1f} p99 {step['p99_ms']:.1f} ms, loss {step['loss']}, dups {dups}, "
+                  f"load generator {sub_pct:.0f}+{pub_pct:.0f}% (load {os.getloadavg()[0]:.2f})", flush=True)
+            seq += pub["sent"] + 10
+    finally:
+        clients.close()
+    return {"subscribers": connected if steps else 0, "steps": steps}
+
+
+def publish_fixed(server: Server, redis: RedisServer, rate: float, seconds: float, first_seq: int) -> dict[str, Any]:
+    """pushsvc (and the bare floor fed from Redis): the publish script through Redis; the
+    others: HTTP POST to their publish location."""
+    if isinstance(server, Pushsvc) and server.redis_based:
+        return fixed_rate_mod.run_publisher("script", rate, seconds, first_seq, redis_url=redis.url, root=server.root)
+    path = f"/publish?channel={CHANNEL}" if isinstance(server, Nchan) else "/publish"
+    return fixed_rate_mod.run_publisher("http", rate, seconds, first_seq, port=server.port, path=path)
+
+
+def fixed_servers(args: argparse.Namespace, redis_url: str) -> list[Server]:
+    """The fixed-rate phase's servers, in order: pushsvc at every write delay, pushsvc of
+    the base checkout, the bare floor (fed from Redis), Nchan."""
+    out: list[Server] = []
+    for name in [s for s in args.fixed_servers.split(",") if s]:
+        if name == "pushsvc":
+            out += [Pushsvc(redis_url, 100, write_delay_ms=d, label=f"pushsvc-d{d}") for d in args.write_delays]
+            if args.base_root:
+                out.append(Pushsvc(redis_url, 100, root=Path(args.base_root).resolve(), label="pushsvc-base"))
+        elif name == "pushsvc-bare":
+            out.append(Pushsvc(redis_url, 100, variant="bare", feed_redis=True))
+        else:
+            out.append(SERVERS[name](redis_url, 100))
+    return out
+
+
 async def _publish_load(server: Server, batch: int, duration: float, conns: int) -> int:
     clients = [await HttpClient.connect("127.0.0.1", server.port) for _ in range(conns)]
     done = 0
@@ -561,7 +675,10 @@ def fmt(v: Any, spec: str = ",.0f") -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"Run {report['date']} on {report['machine']}; load `{report['argv']}`.", ""]
+    start, end = report["loadavg"], report.get("loadavg_end", report["loadavg"])
+    lines = [f"Run {report['date']} on {report['machine']}; command `{report['argv']}`; load average "
+             f"{start[0]:.2f} / {start[1]:.2f} / {start[2]:.2f} at the start, "
+             f"{end[0]:.2f} / {end[1]:.2f} / {end[2]:.2f} at the end.", ""]
     lines += ["### Fan-out: N streams on one channel, "
               f"{report['args']['events']} events to all (publish via {report['args']['publish']})", "",
               "| server | N | connected | connect s | CPU/stream opened µs | RSS/stream KB | CPU/delivery µs "
@@ -598,6 +715,8 @@ def markdown(report: dict[str, Any]) -> str:
             b = p.get("batch100", {})
             lines.append(f"| {name} | {p['single']['requests_per_s']:,.0f} | {p['single']['cpu_per_request_us']:,.0f} "
                          f"| {fmt(b.get('events_per_s'))} | {fmt(b.get('cpu_per_request_us'))} |")
+    lines += workers_table(report)
+    lines += fixed_rate_mod.markdown(report.get("fixed", {}))
     lines += targets(report)
     ratios = report.get("ratios")
     if ratios:
@@ -607,6 +726,32 @@ def markdown(report: dict[str, Any]) -> str:
         for row in ratios["rows"]:
             lines.append(f"| {row[0]} | {row[1]} | " + " | ".join(row[2:]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def workers_table(report: dict[str, Any]) -> list[str]:
+    """pushsvc with 1 and with N workers at each size, side by side (issue 16: CPU per
+    delivery within 10% of one worker's), with the load generator's CPU."""
+    rows = [r for r in report["fanout"] if "error" not in r and
+            (r["server"] == "pushsvc" or r["server"].startswith("pushsvc-w"))]
+    if len({r["server"] for r in rows}) < 2:
+        return []
+    lines = ["", "### pushsvc: 1 worker against more, fan-out (same run)", "",
+             "| N | workers | connect s | CPU/stream opened µs | RSS/stream KB | CPU/delivery µs | x 1 worker "
+             "| p50 ms | p99 ms | loss | dups | server CPU % of a core | load generator CPU % of a core "
+             "(µs/delivery) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for n in report["args"]["sizes"]:
+        one = next((r for r in rows if r["n"] == n and r["server"] == "pushsvc"), None)
+        for r in (r for r in rows if r["n"] == n):
+            workers = 1 if r["server"] == "pushsvc" else int(r["server"].removeprefix("pushsvc-w"))
+            ratio = f"{r['cpu_per_delivery_us'] / one['cpu_per_delivery_us']:.2f}" if one else "-"
+            lines.append(
+                f"| {n:,} | {workers} | {r['connect_s']:.1f} | {fmt(r['cpu_per_open_us'])} "
+                f"| {fmt(r['rss_per_stream_kb'], '.1f')} | {fmt(r['cpu_per_delivery_us'], '.1f')} | {ratio} "
+                f"| {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | {r['loss']:,} | {r['dups']} "
+                f"| {fmt(r.get('server_cpu_pct'))} | {fmt(r.get('loadgen_cpu_pct'))} "
+                f"({fmt(r.get('loadgen_cpu_per_delivery_us'), '.1f')}) |")
+    return lines
 
 
 # Issue 6's targets, and the naive Quart app's figures the issue measured them against.
@@ -682,7 +827,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between fan-out events")
     parser.add_argument("--publish", choices=["http", "redis"], default="http")
-    parser.add_argument("--workers", type=int, default=1, help="pushsvc workers")
+    parser.add_argument("--workers", default="1",
+                        help="pushsvc workers; a list (1,2) runs pushsvc once per count, side by side")
     parser.add_argument("--connect-timeout", type=float, default=60.0)
     parser.add_argument("--start-rate", type=int, default=10)
     parser.add_argument("--max-rate", type=int, default=12800)
@@ -692,8 +838,18 @@ def main() -> None:
     parser.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames, e.g. the GC)")
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--no-publish", action="store_true")
-    parser.add_argument("--only", choices=["fanout", "throughput", "publish"],
+    parser.add_argument("--only", choices=["fanout", "throughput", "publish", "fixed"],
                         help="run this phase only (e.g. --only publish: POST /publish rates)")
+    parser.add_argument("--fixed", action="store_true", help="also run the fixed-rate phase")
+    parser.add_argument("--rates", default="500,1000,2000", help="fixed rate: events/s, one step each")
+    parser.add_argument("--rate-seconds", type=float, default=10.0, help="fixed rate: seconds per step")
+    parser.add_argument("--write-delays", default="0,10,50",
+                        help="fixed rate: one pushsvc run per PUSHSVC_WRITE_DELAY_MS value")
+    parser.add_argument("--fixed-servers", default="pushsvc,pushsvc-bare,nchan",
+                        help="fixed rate: servers (pushsvc expands to every write delay)")
+    parser.add_argument("--base-root", default="",
+                        help="fixed rate: also run the pushsvc of this checkout (e.g. `git worktree add "
+                             "--detach /tmp/base main`) as pushsvc-base, fed by its own publish script")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.step_seconds, args.publish_seconds, args.interval = "1000", 2.0, 2.0, 0.25
@@ -702,21 +858,28 @@ def main() -> None:
             args.sizes = ""
         args.no_throughput = args.only != "throughput"
         args.no_publish = args.only != "publish"
+        args.fixed = args.only == "fixed"
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
+    args.rates = [int(r) for r in args.rates.split(",") if r]
+    args.write_delays = [int(d) for d in args.write_delays.split(",") if d]
+    args.workers = [int(w) for w in str(args.workers).split(",") if w]
     names = [s for s in args.servers.split(",") if s]
     if any(n in ("flask-sse", "sse-starlette") for n in names) and not (BASELINE_VENV / "bin" / "gunicorn").exists():
         subprocess.run([str(HERE / "setup.sh")], check=True)
 
     def make(name: str, redis_url: str, n: int) -> Server:
-        if name == "pushsvc":
-            return Pushsvc(redis_url, n, workers=args.workers)
+        if name.startswith("pushsvc@w"):
+            return Pushsvc(redis_url, n, workers=int(name.removeprefix("pushsvc@w")))
         if name.startswith("pushsvc-"):
-            return Pushsvc(redis_url, n, workers=args.workers, variant=name.removeprefix("pushsvc-"))
+            return Pushsvc(redis_url, n, workers=args.workers[0], variant=name.removeprefix("pushsvc-"))
         return SERVERS[name](redis_url, n)
 
     names += [f"pushsvc-{v}" for v in args.variants.split(",") if v]
-    me = "pushsvc" if args.workers == 1 else f"pushsvc-w{args.workers}"
-    labels = [me if n == "pushsvc" else n for n in names]
+    # pushsvc once per worker count: "pushsvc" (1 worker) and "pushsvc-w2", side by side
+    names = [x for n in names for x in ([f"pushsvc@w{w}" for w in args.workers] if n == "pushsvc" else [n])]
+    labels = [("pushsvc" if n == "pushsvc@w1" else f"pushsvc-w{n[9:]}") if n.startswith("pushsvc@w") else n
+              for n in names]
+    me = "pushsvc" if "pushsvc" in labels else next((x for x in labels if x.startswith("pushsvc-w")), "pushsvc")
     redis = RedisServer()
     redis_cmd_patch(redis)
     redis.start()
@@ -726,7 +889,8 @@ def main() -> None:
                    f"Linux {platform.release()}, Python {platform.python_version()})",
         "argv": " ".join(["python bench/sse_bench.py", *sys.argv[1:]]),
         "args": {k: v for k, v in vars(args).items()}, "servers": labels,
-        "fanout": [], "throughput": {}, "publish": {},
+        "fanout": [], "throughput": {}, "publish": {}, "fixed": {},
+        "loadavg": os.getloadavg(),
     }
     try:
         for n in args.sizes:
@@ -754,6 +918,18 @@ def main() -> None:
                     report["throughput"][label] = {"error": f"{type(exc).__name__}: {exc}"}
                 finally:
                     server.stop()
+        if args.fixed:
+            for server in fixed_servers(args, redis.url):
+                print(f"== {server.name}: fixed rates {args.rates} x {args.rate_seconds:g} s "
+                      f"(load {os.getloadavg()[0]:.2f})", flush=True)
+                try:
+                    server.start()
+                    report["fixed"][server.name] = fixed_rate(server, args, redis)
+                except Exception as exc:
+                    report["fixed"][server.name] = {"error": f"{type(exc).__name__}: {exc}"}
+                    print(f"    failed: {exc}", flush=True)
+                finally:
+                    server.stop()
         if not args.no_publish:
             for name, label in zip(names, labels, strict=True):
                 if not (name.startswith("pushsvc") or name == "nchan"):
@@ -770,6 +946,7 @@ def main() -> None:
                     server.stop()
     finally:
         redis.stop()
+    report["loadavg_end"] = os.getloadavg()
     report["ratios"] = compute_ratios(report, me)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
