@@ -155,10 +155,19 @@ def stream_request(host: str, port: int, path: str) -> bytes:
 
 
 async def open_streams(host: str, port: int, path: str, count: int, concurrency: int, timeout: float,
-                       stats: Stats, streams: list[SSEStream], wait_headers: bool = True) -> tuple[int, float]:
+                       stats: Stats, streams: list[SSEStream], wait_headers: bool = True,
+                       tls: bool = False) -> tuple[int, float]:
     """Open `count` streams; wait for each one's headers unless `wait_headers` is false (then a
-    stream counts once its request is written: flask-sse sends headers with the first event)."""
+    stream counts once its request is written: flask-sse sends headers with the first event).
+    `tls`: over TLS (ALPN http/1.1, the certificate not checked: the bench makes its own)."""
     loop = asyncio.get_running_loop()
+    ctx = None
+    if tls:
+        import ssl
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_alpn_protocols(["http/1.1"])
     request = stream_request(host, port, path)
     sem = asyncio.Semaphore(concurrency)
     started = time.monotonic()
@@ -174,7 +183,7 @@ async def open_streams(host: str, port: int, path: str, count: int, concurrency:
                 return
             try:
                 async with asyncio.timeout(left):
-                    await loop.create_connection(lambda: proto, host, port)
+                    await loop.create_connection(lambda: proto, host, port, ssl=ctx)
                     if wait_headers:
                         await ready
             except (OSError, TimeoutError) as exc:
@@ -200,9 +209,9 @@ def _client_main(conn: Any) -> None:
             cmd = await loop.run_in_executor(None, conn.recv)
             op = cmd[0]
             if op == "open":
-                _, host, port, path, count, concurrency, timeout, wait_headers = cmd
+                _, host, port, path, count, concurrency, timeout, wait_headers, *tls = cmd
                 ok, elapsed = await open_streams(host, port, path, count, concurrency, timeout, stats, streams,
-                                                 wait_headers)
+                                                 wait_headers, bool(tls and tls[0]))
                 conn.send(("opened", ok, elapsed, dict(stats.bad_status)))
             elif op == "headers":
                 conn.send((stats.headers, dict(stats.bad_status)))

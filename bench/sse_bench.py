@@ -674,11 +674,8 @@ def fmt(v: Any, spec: str = ",.0f") -> str:
     return format(v, spec)
 
 
-def markdown(report: dict[str, Any]) -> str:
-    start, end = report["loadavg"], report.get("loadavg_end", report["loadavg"])
-    lines = [f"Run {report['date']} on {report['machine']}; command `{report['argv']}`; load average "
-             f"{start[0]:.2f} / {start[1]:.2f} / {start[2]:.2f} at the start, "
-             f"{end[0]:.2f} / {end[1]:.2f} / {end[2]:.2f} at the end.", ""]
+def fanout_table(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     lines += ["### Fan-out: N streams on one channel, "
               f"{report['args']['events']} events to all (publish via {report['args']['publish']})", "",
               "| server | N | connected | connect s | CPU/stream opened µs | RSS/stream KB | CPU/delivery µs "
@@ -696,6 +693,16 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {fmt(r['rss_per_stream_kb'], '.1f')} | {fmt(r['cpu_per_delivery_us'], '.1f')} "
             f"| {fmt(r['p50_ms'], '.0f')} | {fmt(r['p99_ms'], '.0f')} | {fmt(r['max_ms'], '.0f')} "
             f"| {fmt(r['last_subscriber_median_ms'], '.0f')} | {r['loss']:,} | {r['dups']} | {errors} |")
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    start, end = report["loadavg"], report.get("loadavg_end", report["loadavg"])
+    lines = [f"Run {report['date']} on {report['machine']}; command `{report['argv']}`; load average "
+             f"{start[0]:.2f} / {start[1]:.2f} / {start[2]:.2f} at the start, "
+             f"{end[0]:.2f} / {end[1]:.2f} / {end[2]:.2f} at the end.", ""]
+    if report["fanout"]:
+        lines += fanout_table(report)
     if report["throughput"]:
         lines += ["", "### Throughput: 100 subscribers, publish rate doubled until p99 > 100 ms", "",
                   "| server | best deliveries/s (p99 ≤ 100 ms, no loss) | at events/s "
@@ -719,7 +726,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += fixed_rate_mod.markdown(report.get("fixed", {}))
     lines += targets(report)
     ratios = report.get("ratios")
-    if ratios:
+    if ratios and ratios["rows"]:
         lines += ["", "### Ratios (pushsvc figure / peer figure; lower is better except deliveries/s and publish)", "",
                   "| N | metric | " + " | ".join(ratios["peers"]) + " |",
                   "|---|---|" + "---|" * len(ratios["peers"])]
@@ -843,6 +850,8 @@ def main() -> None:
     parser.add_argument("--fixed", action="store_true", help="also run the fixed-rate phase")
     parser.add_argument("--rates", default="500,1000,2000", help="fixed rate: events/s, one step each")
     parser.add_argument("--rate-seconds", type=float, default=10.0, help="fixed rate: seconds per step")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="fixed rate: run the servers this many times in turn (medians reported)")
     parser.add_argument("--write-delays", default="0,10,50",
                         help="fixed rate: one pushsvc run per PUSHSVC_WRITE_DELAY_MS value")
     parser.add_argument("--fixed-servers", default="pushsvc,pushsvc-bare,nchan",
@@ -919,17 +928,22 @@ def main() -> None:
                 finally:
                     server.stop()
         if args.fixed:
-            for server in fixed_servers(args, redis.url):
-                print(f"== {server.name}: fixed rates {args.rates} x {args.rate_seconds:g} s "
-                      f"(load {os.getloadavg()[0]:.2f})", flush=True)
-                try:
-                    server.start()
-                    report["fixed"][server.name] = fixed_rate(server, args, redis)
-                except Exception as exc:
-                    report["fixed"][server.name] = {"error": f"{type(exc).__name__}: {exc}"}
-                    print(f"    failed: {exc}", flush=True)
-                finally:
-                    server.stop()
+            runs: dict[str, list[dict[str, Any]]] = {}
+            for round_ in range(args.repeat):
+                for server in fixed_servers(args, redis.url):
+                    print(f"== {server.name}: fixed rates {args.rates} x {args.rate_seconds:g} s, run {round_ + 1} "
+                          f"(load {os.getloadavg()[0]:.2f})", flush=True)
+                    try:
+                        server.start()
+                        result = fixed_rate(server, args, redis)
+                    except Exception as exc:
+                        result = {"error": f"{type(exc).__name__}: {exc}"}
+                        print(f"    failed: {exc}", flush=True)
+                    finally:
+                        server.stop()
+                    runs.setdefault(server.name, []).append(result)
+            report["fixed_runs"] = runs
+            report["fixed"] = {name: fixed_rate_mod.aggregate(r) for name, r in runs.items()}
         if not args.no_publish:
             for name, label in zip(names, labels, strict=True):
                 if not (name.startswith("pushsvc") or name == "nchan"):
