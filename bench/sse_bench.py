@@ -610,7 +610,9 @@ def fixed_servers(args: argparse.Namespace, redis_url: str) -> list[Server]:
     out: list[Server] = []
     for name in [s for s in args.fixed_servers.split(",") if s]:
         if name == "pushsvc":
-            out += [Pushsvc(redis_url, 100, write_delay_ms=d, label=f"pushsvc-d{d}") for d in args.write_delays]
+            root = Path(args.root).resolve() if args.root else None
+            out += [Pushsvc(redis_url, 100, write_delay_ms=d, label=f"pushsvc-d{d}", root=root)
+                    for d in args.write_delays]
             if args.base_root:
                 out.append(Pushsvc(redis_url, 100, root=Path(args.base_root).resolve(), label="pushsvc-base"))
         elif name == "pushsvc-bare":
@@ -856,6 +858,9 @@ def main() -> None:
                         help="fixed rate: one pushsvc run per PUSHSVC_WRITE_DELAY_MS value")
     parser.add_argument("--fixed-servers", default="pushsvc,pushsvc-bare,nchan",
                         help="fixed rate: servers (pushsvc expands to every write delay)")
+    parser.add_argument("--root", default="",
+                        help="fixed rate: run pushsvc-d* from this checkout instead of this one "
+                             "(e.g. a branch not merged yet: `git worktree add --detach /tmp/x wip-...`)")
     parser.add_argument("--base-root", default="",
                         help="fixed rate: also run the pushsvc of this checkout (e.g. `git worktree add "
                              "--detach /tmp/base main`) as pushsvc-base, fed by its own publish script")
