@@ -57,7 +57,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         step = dict(group[0])
         for key in ("achieved_rate", "cpu_per_delivery_us", "redis_cpu_per_event_us", "p50_ms", "p99_ms",
                     "subscribers_cpu_pct", "publisher_cpu_pct", "loadgen_cpu_pct", "server_cpu_pct",
-                    "redis_cpu_pct"):
+                    "redis_cpu_pct", "events_per_read"):
             step[key] = statistics.median(s[key] for s in group)
         for key in ("loss", "dups", "closed", "expected", "deliveries", "sent"):
             step[key] = sum(s[key] for s in group)
@@ -90,16 +90,17 @@ def markdown(fixed: dict[str, Any], nchan: str = "nchan") -> list[str]:
         return []
     lines = ["", f"### Fixed rate: {SUBSCRIBERS} subscribers, events at a fixed rate "
              "(pushsvc and the floor fed through Redis by pushsvc's publish script, Nchan by HTTP POST)", "",
-             "| server | events/s asked | achieved | server CPU/delivery µs | x Nchan | Redis CPU/event µs "
-             "| p50 ms | p99 ms | max ms | loss | dups | load generator CPU % of a core (subscribers + publisher) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| server | events/s asked | achieved | server CPU/delivery µs | x Nchan | events per read "
+             "| Redis CPU/event µs | p50 ms | p99 ms | max ms | loss | dups "
+             "| load generator CPU % of a core (subscribers + publisher) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     base = {s["rate"]: s for s in fixed.get(nchan, {}).get("steps", [])}
     rates = sorted({s["rate"] for r in fixed.values() for s in r.get("steps", [])})
     for rate in rates:
         for name, r in fixed.items():
             if "error" in r:
                 if rate == rates[0]:
-                    lines.append(f"| {name} | failed: {r['error'][:100].splitlines()[0]} |||||||||||")
+                    lines.append(f"| {name} | failed: {r['error'][:100].splitlines()[0]} ||||||||||||")
                 continue
             step = next((s for s in r["steps"] if s["rate"] == rate), None)
             if step is None:
@@ -114,9 +115,12 @@ def markdown(fixed: dict[str, Any], nchan: str = "nchan") -> list[str]:
                 p99 += f" ({step['p99_worst_ms']:.1f})"
             lines.append(
                 f"| {name} | {rate:,} | {step['achieved_rate']:,.0f} | {cpu} "
-                f"| {_ratio(step['cpu_per_delivery_us'], ref)} | {_fmt(step['redis_cpu_per_event_us'])} "
+                f"| {_ratio(step['cpu_per_delivery_us'], ref)} | {_fmt(step.get('events_per_read'), '.1f')} "
+                f"| {_fmt(step['redis_cpu_per_event_us'])} "
                 f"| {_fmt(step['p50_ms'])} | {p99} | {_fmt(step['max_ms'])} "
                 f"| {step['loss']:,} | {step['dups']} | {lg} |")
+    lines += ["", "Events per read: deliveries / the subscribers' socket reads, about how many events each "
+              "server write carried (coalescing) while the subscribers kept up."]
     repeats = max((r.get("repeats", 1) for r in fixed.values()), default=1)
     if repeats > 1:
         lines += ["", f"Each server ran {repeats} times, in turn; figures are medians over the runs, "

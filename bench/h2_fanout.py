@@ -116,6 +116,7 @@ class H2Conn(asyncio.Protocol):
         for event in events:
             if isinstance(event, h2.events.DataReceived):
                 self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                self.stats.reads += 1
                 self._markers(event.stream_id, event.data, now)
             elif isinstance(event, h2.events.ResponseReceived):
                 self._headers(event.headers)
@@ -213,6 +214,9 @@ def _h2_client_main(conn: Any) -> None:
                 conn.send(("opened", ok, elapsed, dict(stats.bad_status)))
             elif op == "count":
                 conn.send(len(stats.seqs))
+            elif op == "reads":
+                conn.send(stats.reads)
+                stats.reads = 0
             elif op == "collect":
                 conn.send((stats.seqs.tobytes(), stats.lat_ns.tobytes(), stats.dups, stats.closed_by_server))
                 stats.seqs, stats.lat_ns, stats.dups = array("q"), array("q"), 0

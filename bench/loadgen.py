@@ -87,6 +87,7 @@ class Stats:
         self.dups = 0
         self.closed_by_server = 0
         self.headers = 0
+        self.reads = 0  # body reads after the headers: about the server's writes, when the client keeps up
         self.bad_status: dict[str, int] = {}
         self.closing = False
 
@@ -123,6 +124,7 @@ class SSEStream(asyncio.Protocol):
                 self.stats.bad_status[status] = self.stats.bad_status.get(status, 0) + 1
             if not self.ready.done():
                 self.ready.set_result(status)
+        self.stats.reads += 1
         buf = self.buf + data if self.buf else data
         cut = buf.rfind(b"\n")
         if cut < 0:
@@ -217,6 +219,9 @@ def _client_main(conn: Any) -> None:
                 conn.send((stats.headers, dict(stats.bad_status)))
             elif op == "count":
                 conn.send(len(stats.seqs))
+            elif op == "reads":
+                conn.send(stats.reads)
+                stats.reads = 0
             elif op == "collect":
                 conn.send((stats.seqs.tobytes(), stats.lat_ns.tobytes(), stats.dups, stats.closed_by_server))
                 stats.seqs, stats.lat_ns, stats.dups = array("q"), array("q"), 0

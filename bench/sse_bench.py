@@ -338,6 +338,12 @@ class Clients:
             time.sleep(0.1)
         return self.count()
 
+    def reads(self) -> int:
+        """Body reads by every stream since the last call (DATA frames for h2)."""
+        for proc in self.procs:
+            proc.send("reads")
+        return sum(proc.recv(30) for proc in self.procs)
+
     def collect(self) -> tuple[array[int], array[int], int, int]:
         seqs, lat = array("q"), array("q")
         dups = closed = 0
@@ -556,6 +562,7 @@ def fixed_rate(server: Server, args: argparse.Namespace, redis: RedisServer) -> 
         pub = publish_fixed(server, redis, args.rates[0], min(2.0, args.rate_seconds), seq)
         clients.wait_quiet(pub["sent"] * connected, limit=30, quiet=2.0)
         clients.collect()
+        clients.reads()
         seq += pub["sent"] + 10
         for rate in args.rates:
             cpu0, rcpu0, lcpu0 = (tree_cpu_seconds(server.pid), tree_cpu_seconds(redis.proc.pid),
@@ -570,12 +577,14 @@ def fixed_rate(server: Server, args: argparse.Namespace, redis: RedisServer) -> 
             cpu1, rcpu1, lcpu1 = (tree_cpu_seconds(server.pid), tree_cpu_seconds(redis.proc.pid),
                                   loadgen_cpu_seconds(clients))
             seqs, lat, dups, closed = clients.collect()
+            reads = clients.reads()
             lat_ms = [v / 1e6 for v in lat]
             sub_pct = (lcpu1 - lcpu0) / pub["seconds"] * 100
             pub_pct = pub["cpu_s"] / pub["seconds"] * 100
             step = {"rate": rate, "achieved_rate": pub["achieved_rate"], "max_behind_ms": pub["max_behind_ms"],
                     "publish_errors": pub["errors"], "sent": pub["sent"], "expected": expected,
                     "deliveries": len(seqs), "loss": expected - len(seqs), "dups": dups, "closed": closed,
+                    "events_per_read": len(seqs) / max(reads, 1),
                     "p50_ms": percentile(lat_ms, 0.5), "p99_ms": percentile(lat_ms, 0.99),
                     "max_ms": max(lat_ms) if lat_ms else math.nan,
                     "cpu_per_delivery_us": (cpu1 - cpu0) / max(len(seqs), 1) * 1e6,
@@ -588,6 +597,7 @@ def fixed_rate(server: Server, args: argparse.Namespace, redis: RedisServer) -> 
             print(f"    {server.name} {rate:>5}/s (achieved {pub['achieved_rate']:,.0f}, behind ≤ "
                   f"{pub['max_behind_ms']:.1f} ms): CPU/delivery {step['cpu_per_delivery_us']:.2f} µs, "
                   f"p50 {step['p50_ms']:.1f} p99 {step['p99_ms']:.1f} ms, loss {step['loss']}, dups {dups}, "
+                  f"{step['events_per_read']:.1f} events/read, "
                   f"load generator {sub_pct:.0f}+{pub_pct:.0f}% (load {os.getloadavg()[0]:.2f})", flush=True)
             seq += pub["sent"] + 10
     finally:
