@@ -14,6 +14,10 @@ or was in C code called from it, not waiting in ``epoll``), then
   time belongs to (frames present in nearly every sample, the process's entry points, are
   left out).
 
+* **where**: each sample in one bucket of a delivery's path, the first that matches --
+  the socket write, Hypercorn's and h11's per-chunk path around it, pushsvc's stream
+  (cursor, queue, session), the Redis reader and hub fan-out, uvloop's own C code, the rest.
+
 Frames are ``function (file)``, line numbers dropped, so one function is one row.
 """
 
@@ -38,6 +42,33 @@ def frame_name(frame: str) -> str:
     return f"{match['func']} ({path})"
 
 
+BUCKETS = [
+    ("socket write (transport.write: the send system call)", lambda fs: fs[-1].startswith("StreamWriter.write")),
+    ("Hypercorn + h11 per-chunk path around it", lambda fs: any(f.startswith("HTTPStream.app_send") for f in fs)),
+    ("pushsvc stream: cursor, queue, session, pump", lambda fs: any(f.startswith("pump (pushsvc") for f in fs)),
+    ("Redis reader: parse once, route, fan out into queues", lambda fs: any("pubsub.py" in f for f in fs)),
+    ("uvloop's C code (callbacks, socket reads, timers)", lambda fs: fs[-1].startswith("Runner.run")),
+    ("Hypercorn, other", lambda fs: any("hypercorn/" in f for f in fs)),
+]
+
+
+def buckets(path: Path) -> tuple[int, Counter[str]]:
+    """(samples, samples per bucket of BUCKETS, plus "other")."""
+    total = 0
+    out: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        frames = [frame_name(f) for f in stack.split(";") if not f.startswith("process ")]
+        if not frames:
+            continue
+        total += int(count_text)
+        label = next((name for name, match in BUCKETS if match(frames)), "other")
+        out[label] += int(count_text)
+    return total, out
+
+
 def read(path: Path) -> tuple[int, Counter[str], Counter[str]]:
     """(samples, self counts, inclusive counts) of one raw py-spy file."""
     total = 0
@@ -60,7 +91,10 @@ def read(path: Path) -> tuple[int, Counter[str], Counter[str]]:
 
 def summary(path: Path, top: int) -> str:
     total, own, inclusive = read(path)
-    lines = [f"#### {path.stem}: {total:,} samples", "", "| self % | frame |", "|---|---|"]
+    _, where = buckets(path)
+    lines = [f"#### {path.stem}: {total:,} samples", "", "| where % | part of the path |", "|---|---|"]
+    lines += [f"| {100 * where[name] / total:.1f} | {name} |" for name in [b[0] for b in BUCKETS] + ["other"]]
+    lines += ["", "| self % | frame |", "|---|---|"]
     lines += [f"| {100 * n / total:.1f} | `{name}` |" for name, n in own.most_common(top)]
     lines += ["", "| inclusive % | frame |", "|---|---|"]
     paths = [(name, n) for name, n in inclusive.most_common() if n < 0.97 * total][:top]
