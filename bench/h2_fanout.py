@@ -22,8 +22,9 @@ pushsvc's publish script (`bench/rate_publisher.py`, one every ``--interval`` s)
 the load generator's marker ``~<seq>~<monotonic ns>~``, so latency, loss and duplicates are
 measured as in `bench/loadgen.py`.  Reported per mode: connect time until every stream had
 its headers, server CPU per stream opened and RSS per open stream (whole process tree),
-server CPU per delivery, p50/p99/max, loss, duplicates, streams ended by the server, and
-the load generator's CPU.  Everything stops by itself.
+server CPU per delivery, events per read (h2: per DATA frame), p50/p99/max, loss,
+duplicates, streams ended by the server, and the load generator's CPU.  Everything stops
+by itself.
 """
 
 from __future__ import annotations
@@ -322,6 +323,7 @@ def run_mode(mode: str, args: argparse.Namespace, redis: RedisServer, config: Pa
         time.sleep(1.0)
         cpu1, rss1 = tree_cpu_seconds(server.pid), tree_rss_bytes(server.pid)
         connected = opened["connected"]
+        clients.reads()
         lcpu0 = loadgen_cpu_seconds(clients)
         started = time.monotonic()
         pub = fixed_rate.run_publisher("script", 1 / args.interval, args.events * args.interval, 1,
@@ -331,6 +333,7 @@ def run_mode(mode: str, args: argparse.Namespace, redis: RedisServer, config: Pa
         elapsed = time.monotonic() - started
         cpu2, lcpu = tree_cpu_seconds(server.pid), loadgen_cpu_seconds(clients) - lcpu0
         seqs, lat, dups, closed = clients.collect()
+        reads = clients.reads()
         lat_ms = [v / 1e6 for v in lat]
         return {
             "mode": mode, "streams": n, "connections": math.ceil(n / args.per_conn) if mode == "h2" else n,
@@ -339,6 +342,7 @@ def run_mode(mode: str, args: argparse.Namespace, redis: RedisServer, config: Pa
             "cpu_per_open_us": (cpu1 - cpu0) / max(connected, 1) * 1e6,
             "rss_per_stream_kb": (rss1 - rss0) / max(connected, 1) / 1024, "rss_mb": rss1 / 2**20,
             "cpu_per_delivery_us": (cpu2 - cpu1) / max(len(seqs), 1) * 1e6,
+            "events_per_read": len(seqs) / max(reads, 1),
             "p50_ms": percentile(lat_ms, 0.5), "p99_ms": percentile(lat_ms, 0.99),
             "max_ms": max(lat_ms) if lat_ms else math.nan,
             "server_cpu_pct": (cpu2 - cpu1) / elapsed * 100,
@@ -363,20 +367,21 @@ def markdown(report: dict[str, Any]) -> str:
              "", f"### HTTP/2 against HTTP/1.1: {report['args']['streams']:,} streams on one channel, "
              f"{report['args']['events']} events, one every {report['args']['interval']} s (same run)", "",
              "| mode | connections | connected | connect s | CPU/stream opened µs | RSS/stream KB | CPU/delivery µs "
-             "| x h1 | p50 ms | p99 ms | max ms | loss | dups | ended by server | load generator CPU % of a core "
-             "(µs/delivery) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| x h1 | events per read | p50 ms | p99 ms | max ms | loss | dups | ended by server "
+             "| load generator CPU % of a core (µs/delivery) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     h1 = next((r for r in report["modes"] if r["mode"] == "h1" and "error" not in r), None)
     for r in report["modes"]:
         if "error" in r:
-            lines.append(f"| {r['mode']} | failed: {r['error'][:100].splitlines()[0]} ||||||||||||||")
+            lines.append(f"| {r['mode']} | failed: {r['error'][:100].splitlines()[0]} |||||||||||||||")
             continue
         ratio = f"{r['cpu_per_delivery_us'] / h1['cpu_per_delivery_us']:.2f}" if h1 else "-"
         errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items())
         lines.append(
             f"| {r['mode']} | {r['connections']:,} | {r['connected']:,}{' (' + errors + ')' if errors else ''} "
             f"| {r['connect_s']:.1f} | {fmt(r['cpu_per_open_us'], ',.0f')} | {fmt(r['rss_per_stream_kb'])} "
-            f"| {fmt(r['cpu_per_delivery_us'])} | {ratio} | {fmt(r['p50_ms'], ',.0f')} | {fmt(r['p99_ms'], ',.0f')} "
+            f"| {fmt(r['cpu_per_delivery_us'])} | {ratio} | {fmt(r.get('events_per_read'), '.2f')} "
+            f"| {fmt(r['p50_ms'], ',.0f')} | {fmt(r['p99_ms'], ',.0f')} "
             f"| {fmt(r['max_ms'], ',.0f')} | {r['loss']:,} | {r['dups']} | {r['closed_by_server']} "
             f"| {fmt(r['loadgen_cpu_pct'], '.0f')} ({fmt(r['loadgen_cpu_per_delivery_us'])}) |")
     return "\n".join(lines) + "\n"
