@@ -99,6 +99,10 @@ class Settings:
         "`rediss://` and `redis://:password@` accepted). Channels are spread over the shards; raw "
         "publishers must use `SPUBLISH`. Not together with `PUSHSVC_REDIS_URL`.", secret=True
     )
+    redis_cluster_refresh_seconds: float = _setting(
+        1.0, _float_range(0.1, 3600), "Redis Cluster: read the topology (`CLUSTER SLOTS`) this often; it is "
+        "also read at once when a node redirects a command, drops a subscription or a connection is lost."
+    )
     publish_tokens: tuple[str, ...] = _setting(
         (), _list, "Comma-separated bearer tokens accepted by `POST /publish`.", secret=True
     )

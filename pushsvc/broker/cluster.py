@@ -118,6 +118,7 @@ class ClusterBroker:
         first = urlsplit(seeds[0])
         self._scheme = first.scheme
         self._userinfo = first.netloc.rsplit("@", 1)[0] + "@" if "@" in first.netloc else ""
+        self._query = f"?{first.query}" if first.query else ""  # TLS options (ssl_ca_certs=...) for every node
         self.history_size = history_size
         self.history_ttl_seconds = history_ttl_seconds
         self.timeout = timeout_seconds
@@ -198,7 +199,7 @@ class ClusterBroker:
         return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
 
     def _url(self, address: str) -> str:
-        return f"{self._scheme}://{self._userinfo}{address}"
+        return f"{self._scheme}://{self._userinfo}{address}{self._query}"
 
     def _common(self) -> dict[str, Any]:
         return dict(socket_timeout=self.timeout, socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 1))
