@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from pushsvc.broker import Idempotency
 from pushsvc.broker.cluster import ClusterBroker, slot_of
@@ -66,11 +65,11 @@ def begin_migration(cluster: RedisCluster, slot: int, source: ClusterNode, targe
         src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", cluster.node_id(target))
 
 
-def migrate_keys(source: ClusterNode, target: ClusterNode, slot: int, keys: list[str] | None = None) -> None:
+def migrate_keys(source: ClusterNode, target: ClusterNode, slot: int, keys: list[Any] | None = None) -> None:
     """MIGRATE `keys` (default: every key of the slot) from `source` to `target`."""
     with source.client() as src:
         if keys is None:
-            keys = [k.decode() for k in src.execute_command("CLUSTER GETKEYSINSLOT", slot, 10_000)]
+            keys = list(src.execute_command("CLUSTER GETKEYSINSLOT", slot, 10_000))
         if keys:
             src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
 
@@ -109,13 +108,27 @@ def restore_slots(redis_cluster: RedisCluster) -> Iterator[Callable[[int], None]
         current = redis_cluster.owner_of_slot(slot)
         if current.port != owner.port:
             redis_cluster.move_slot(slot, owner)
-        else:  # keys a test migrated to another node by hand come back
+        else:  # keys a test migrated by hand to a node that did not get the slot: dropped
             for node in redis_cluster.masters():
                 if node.port != owner.port:
-                    with node.client() as client:
-                        stray = client.execute_command("CLUSTER GETKEYSINSLOT", slot, 10_000)
-                        if stray:
-                            client.execute_command("DEL", *stray)
+                    drop_keys(redis_cluster, node, slot, owner)
+
+
+def drop_keys(cluster: RedisCluster, node: ClusterNode, slot: int, owner: ClusterNode) -> None:
+    with node.client() as client:
+        keys = client.execute_command("CLUSTER GETKEYSINSLOT", slot, 10_000)
+        if keys:  # a node that does not own the slot serves its keys only while importing it
+            client.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", cluster.node_id(owner))
+            asking(node, "DEL", *keys)
+            client.execute_command("CLUSTER SETSLOT", slot, "STABLE")
+
+
+def asking(node: ClusterNode, *command: Any) -> Any:
+    """`command` on a node importing its keys' slot (ASKING first, same connection)."""
+    with node.client() as client, client.pipeline(transaction=False) as pipe:
+        pipe.execute_command("ASKING")
+        pipe.execute_command(*command)
+        return pipe.execute()[1]
 
 
 # -- streams and publishers -------------------------------------------------------------------
@@ -338,6 +351,216 @@ async def test_a_slot_leaving_its_node_resubscribes_on_the_new_owner_and_catches
         await publisher.publish(channel, {"n": 3})  # and live again
         assert json.loads((await client.next_event(timeout=10)).data) == {"n": 3}
         assert not client.ended
+    except BaseException:
+        print(service.log()[-6000:], client.raw[-2000:])
+        raise
     finally:
         await publisher.aclose()
         await client.close()
+
+
+# -- 2. ASK and TRYAGAIN while a slot migrates (driven by hand, one step at a time) ------------
+
+
+class Recorder:
+    """A listener without a hub: the broker's tests need no streams."""
+
+    def __init__(self) -> None:
+        self.subscribed: list[str] = []
+
+    def on_message(self, channel: str, payload: bytes, trusted: bool = True) -> None:
+        pass
+
+    def on_subscribed(self, channel: str) -> None:
+        self.subscribed.append(channel)
+
+    def local_subscribers(self, channel: str) -> int:
+        return 0
+
+
+@pytest.fixture
+async def broker(redis_cluster: RedisCluster) -> AsyncIterator[ClusterBroker]:
+    """A ClusterBroker in the test's process, without periodic topology reads (only what a
+    redirect triggers)."""
+    cluster_broker = ClusterBroker(redis_cluster.seeds.split(","), refresh_interval_seconds=3600)
+    await cluster_broker.start(Recorder())
+
+    async def until_ready() -> None:
+        while not cluster_broker.status()[0]:
+            await asyncio.sleep(0.05)
+    await asyncio.wait_for(until_ready(), 20)
+    yield cluster_broker
+    await cluster_broker.stop()
+
+
+def between_attempts(broker: ClusterBroker, step: Callable[[], None]) -> list[int]:
+    """Run `step` (in a thread) when the broker pauses after its first redirected attempt,
+    before it reads the topology again; returns the list of pauses seen (one entry each)."""
+    pauses: list[int] = []
+    refresh = broker._refresh_quietly
+
+    async def pause_then_refresh() -> None:
+        pauses.append(len(pauses))
+        if len(pauses) == 1:
+            await asyncio.to_thread(step)
+        await refresh()
+
+    broker._refresh_quietly = pause_then_refresh  # type: ignore[method-assign]
+    return pauses
+
+
+async def test_a_publish_answered_tryagain_during_a_migration_is_sent_again_and_stored_once(
+    redis_cluster, broker, restore_slots
+):
+    """The slot is migrating and the channel's keys are still on the source: the publish
+    script's new idempotency record is not there, its meta and history are -- TRYAGAIN.
+    The broker waits and sends it again; meanwhile the migration ends."""
+    channel = "tryagain-news"
+    slot, source = slot_of(channel), redis_cluster.owner(channel)
+    target = other_master(redis_cluster, source)
+    restore_slots(slot)
+    await broker.publish([Event((channel,), "before")])
+    await asyncio.to_thread(begin_migration, redis_cluster, slot, source, target)
+    tryagain = errorstat(source, "TRYAGAIN")
+
+    def finish_migration() -> None:
+        assert errorstat(source, "TRYAGAIN") > tryagain, "the first attempt should have been answered TRYAGAIN"
+        migrate_keys(source, target, slot)
+        assign(redis_cluster, slot, source, target)
+
+    pauses = between_attempts(broker, finish_migration)
+    published = await broker.publish([Event((channel,), "during")])
+    assert pauses, "the publish was never retried"
+    with target.client() as node:
+        stored = node.xrange(history_key(channel))
+    during = [entry_id for entry_id, fields in stored if b'"during"' in fields[b"m"]]
+    assert len(during) == 1, stored  # stored once, on the new owner
+    assert published.ids[0][0].endswith(f"-{int(during[0].decode().split('-')[1])}")
+
+
+async def test_an_idempotent_retry_of_keys_already_migrated_is_asked_of_the_target_and_replayed(
+    redis_cluster, broker, restore_slots
+):
+    """Every key of the slot (the channel's meta, history and the request's idempotency
+    record) has moved to the target, the slot is still migrating: the source answers ASK;
+    asked with ASKING, the target finds the record and answers the original ids."""
+    channel = "ask-order"
+    slot, source = slot_of(channel), redis_cluster.owner(channel)
+    target = other_master(redis_cluster, source)
+    restore_slots(slot)
+    idem = Idempotency("p:test", "order-17", 300)
+    first = await broker.publish([Event((channel,), {"order": 17})], idem)
+    await asyncio.to_thread(begin_migration, redis_cluster, slot, source, target)
+    await asyncio.to_thread(migrate_keys, source, target, slot)
+    asks = errorstat(source, "ASK")
+    again = await broker.publish([Event((channel,), {"order": 17})], idem)
+    assert errorstat(source, "ASK") > asks
+    assert again.replayed and again.ids == first.ids
+    assert asking(target, "XLEN", history_key(channel)) == 1  # nothing stored twice
+
+
+async def test_a_history_read_of_keys_already_migrated_is_asked_of_the_target(
+    redis_cluster, broker, restore_slots
+):
+    channel = "ask-history"
+    slot, source = slot_of(channel), redis_cluster.owner(channel)
+    target = other_master(redis_cluster, source)
+    restore_slots(slot)
+    await broker.publish([Event((channel,), n) for n in range(3)])
+    await asyncio.to_thread(begin_migration, redis_cluster, slot, source, target)
+    await asyncio.to_thread(migrate_keys, source, target, slot)
+    asks = errorstat(source, "ASK")
+    page = await broker.history(channel, 1)
+    assert errorstat(source, "ASK") > asks
+    assert (page.last_seq, page.first_seq, [seq for seq, _ in page.entries]) == (3, 1, [2, 3])
+
+
+async def test_a_history_read_while_a_channels_keys_are_split_between_two_nodes_waits_for_the_move(
+    redis_cluster, broker, restore_slots
+):
+    """History moved, meta not yet: asking the target alone would read a channel without
+    meta (as if its history were lost); the read waits until both have moved."""
+    channel = "split-history"
+    slot, source = slot_of(channel), redis_cluster.owner(channel)
+    target = other_master(redis_cluster, source)
+    restore_slots(slot)
+    await broker.publish([Event((channel,), n) for n in range(3)])
+    await asyncio.to_thread(begin_migration, redis_cluster, slot, source, target)
+    await asyncio.to_thread(migrate_keys, source, target, slot, [history_key(channel)])
+    pauses = between_attempts(broker, lambda: migrate_keys(source, target, slot, [meta_key(channel)]))
+    page = await broker.history(channel, 0)
+    assert pauses, "the read should have waited for the meta key"
+    assert (page.last_seq, [seq for seq, _ in page.entries]) == (3, [1, 2, 3])
+
+
+# -- 4. clusters behind a password and behind TLS ------------------------------------------------
+
+PASSWORD = "s3cret-cluster-pw"
+
+
+@pytest.fixture(scope="module")
+def password_cluster() -> Iterator[RedisCluster]:
+    """Three masters (no replicas) with requirepass and masterauth, for this module only."""
+    cluster = RedisCluster(size=3, password=PASSWORD)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_cluster() -> Iterator[RedisCluster]:
+    """Three masters speaking TLS only (clients, cluster bus, replication), with a CA and a
+    certificate made by openssl at start, for this module only."""
+    cluster = RedisCluster(size=3, tls=True)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def stream_and_publish_end_to_end(cluster: RedisCluster, service_factory: Any, http: httpx.AsyncClient,
+                                        prefix: str) -> Any:
+    """A stream on one channel per master gets an event published through the service and
+    one from `pushsvc.publisher`; each process holds one pub/sub connection per master."""
+    channels = [channel_in_slot(cluster.slots_of(m)[0], prefix) for m in cluster.masters()]
+    service = service_factory(cluster_env(cluster))
+    await ready(http, service)
+    client = await SSEClient.open(service.port, channels)
+    publisher = AsyncPublisher(cluster_nodes=cluster.seeds)
+    try:
+        await client.wait_open()
+        for ch in channels:
+            answer = await publish(http, service, {"channel": ch, "data": {"ch": ch, "via": "http"}})
+            assert answer.status_code == 202, answer.text
+            await publisher.publish(ch, {"ch": ch, "via": "publisher"})
+        got = [json.loads(e.data) for e in await client.events(2 * len(channels), timeout=15)]
+        assert sorted((d["ch"], d["via"]) for d in got) == sorted(
+            (ch, via) for ch in channels for via in ("http", "publisher"))
+        for master in cluster.masters():
+            assert cluster.pubsub_clients(master) == 1, master.port
+    finally:
+        await publisher.aclose()
+        await client.close()
+    return service
+
+
+async def test_a_password_protected_cluster_streams_and_publishes_end_to_end(password_cluster, service_factory, http):
+    service = await stream_and_publish_end_to_end(password_cluster, service_factory, http, "pw")
+    assert PASSWORD not in service.log()
+    # The same seeds without the password: not ready, and saying why.
+    seeds = ",".join(f"redis://127.0.0.1:{n.port}" for n in password_cluster.nodes[:2])
+    refused = service_factory({"PUSHSVC_REDIS_CLUSTER_NODES": seeds})
+    answer = await http.get(refused.base + "/readyz")
+    assert answer.status_code == 503 and "redis cluster" in answer.json()["detail"], answer.text
+
+
+async def test_a_tls_cluster_streams_and_publishes_end_to_end(tls_cluster, service_factory, http):
+    await stream_and_publish_end_to_end(tls_cluster, service_factory, http, "tls")
+    # Without the CA, the nodes' certificate is not trusted: not ready.
+    seeds = ",".join(f"rediss://127.0.0.1:{n.port}" for n in tls_cluster.nodes[:2])
+    untrusted = service_factory({"PUSHSVC_REDIS_CLUSTER_NODES": seeds})
+    answer = await http.get(untrusted.base + "/readyz")
+    assert answer.status_code == 503, answer.text
