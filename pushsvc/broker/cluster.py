@@ -396,6 +396,8 @@ class ClusterBroker:
             await asyncio.sleep(0.05 * (attempt + 1))
             await self._refresh_quietly()
         else:
+            if not replies:  # every call was answered with a redirect: none of them ran
+                raise BrokerUnavailable("redis cluster kept redirecting the publish (a slot is moving)")
             raise OutcomeUnknown("redis cluster kept redirecting the publish")
         per_event = []
         for e, calls in enumerate(plans):

@@ -450,6 +450,25 @@ async def test_a_publish_answered_tryagain_during_a_migration_is_sent_again_and_
     assert published.ids[0][0].endswith(f"-{int(during[0].decode().split('-')[1])}")
 
 
+async def test_a_publish_redirected_until_the_broker_gives_up_says_nothing_was_stored(
+    redis_cluster, service_factory, http, restore_slots
+):
+    """A migration that does not end (the test holds it): every attempt is answered
+    TRYAGAIN, none ran, so the answer is 503 broker_unavailable (not outcome_unknown)."""
+    channel = "held-migration"
+    slot, source = slot_of(channel), redis_cluster.owner(channel)
+    target = other_master(redis_cluster, source)
+    restore_slots(slot)
+    service = service_factory(cluster_env(redis_cluster))
+    await ready(http, service)
+    assert (await publish(http, service, {"channel": channel, "data": 1})).status_code == 202
+    await asyncio.to_thread(begin_migration, redis_cluster, slot, source, target)
+    answer = await publish(http, service, {"channel": channel, "data": 2})
+    assert answer.status_code == 503 and answer.json()["error"] == "broker_unavailable", answer.text
+    with source.client() as node:
+        assert node.xlen(history_key(channel)) == 1
+
+
 async def test_an_idempotent_retry_of_keys_already_migrated_is_asked_of_the_target_and_replayed(
     redis_cluster, broker, restore_slots
 ):
