@@ -96,7 +96,9 @@ class Settings:
     )
     redis_cluster_nodes: tuple[str, ...] = _setting(
         (), _list, "Redis Cluster seed URLs, comma-separated (`redis://10.0.0.1:7000,redis://10.0.0.2:7000`; "
-        "`rediss://` and `redis://:password@` accepted). Channels are spread over the shards; raw "
+        "`rediss://` and `redis://:password@` accepted; the first seed's password and TLS options, such as "
+        "`rediss://10.0.0.1:7000?ssl_ca_certs=/etc/pushsvc/redis-ca.pem`, apply to every node). Channels are "
+        "spread over the shards; raw "
         "publishers must use `SPUBLISH`. Not together with `PUSHSVC_REDIS_URL`.", secret=True
     )
     redis_cluster_refresh_seconds: float = _setting(
