@@ -529,9 +529,9 @@ async def test_a_history_read_while_a_channels_keys_are_split_between_two_nodes_
 PASSWORD = "s3cret-cluster-pw"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def password_cluster() -> Iterator[RedisCluster]:
-    """Three masters (no replicas) with requirepass and masterauth, for this module only."""
+    """Three masters (no replicas) with requirepass and masterauth, for its one test only."""
     cluster = RedisCluster(size=3, password=PASSWORD)
     try:
         cluster.start()
@@ -540,10 +540,10 @@ def password_cluster() -> Iterator[RedisCluster]:
         cluster.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def tls_cluster() -> Iterator[RedisCluster]:
     """Three masters speaking TLS only (clients, cluster bus, replication), with a CA and a
-    certificate made by openssl at start, for this module only."""
+    certificate made by openssl at start, for its one test only."""
     cluster = RedisCluster(size=3, tls=True)
     try:
         cluster.start()
