@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -72,6 +72,7 @@ from .scripts import POSITION_LUA, Call, Idempotency, cluster_calls_for, max_cop
 log = logging.getLogger("pushsvc.redis")
 
 SLOTS = 16384
+_READ_ATTEMPTS = 6  # of a read redirected while a slot moves (about 1 s of pauses in all)
 PUBLISH_SCRIPT = publish_lua("SPUBLISH", guard_failover=True)
 _REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
 _Item = tuple[int, int, str, Call]  # event index, copy index, channel, script call
@@ -118,6 +119,7 @@ class ClusterBroker:
         first = urlsplit(seeds[0])
         self._scheme = first.scheme
         self._userinfo = first.netloc.rsplit("@", 1)[0] + "@" if "@" in first.netloc else ""
+        self._query = f"?{first.query}" if first.query else ""  # TLS options (ssl_ca_certs=...) for every node
         self.history_size = history_size
         self.history_ttl_seconds = history_ttl_seconds
         self.timeout = timeout_seconds
@@ -198,7 +200,7 @@ class ClusterBroker:
         return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
 
     def _url(self, address: str) -> str:
-        return f"{self._scheme}://{self._userinfo}{address}"
+        return f"{self._scheme}://{self._userinfo}{address}{self._query}"
 
     def _common(self) -> dict[str, Any]:
         return dict(socket_timeout=self.timeout, socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 1))
@@ -394,6 +396,8 @@ class ClusterBroker:
             await asyncio.sleep(0.05 * (attempt + 1))
             await self._refresh_quietly()
         else:
+            if not replies:  # every call was answered with a redirect: none of them ran
+                raise BrokerUnavailable("redis cluster kept redirecting the publish (a slot is moving)")
             raise OutcomeUnknown("redis cluster kept redirecting the publish")
         per_event = []
         for e, calls in enumerate(plans):
@@ -555,15 +559,52 @@ class ClusterBroker:
         await asyncio.gather(*(loop.barrier() for loop in loops), return_exceptions=True)
 
     async def history(self, channel: str, after_seq: int, limit: int | None = None) -> History:
-        try:
-            async with asyncio.timeout(self.timeout):
-                async with self._client_for_key(channel).pipeline(transaction=True) as pipe:
-                    queue_history_reads(pipe, channel, after_seq, limit)
-                    replies = await pipe.execute()
-        except (*_REDIRECTS, *UNAVAILABLE) as exc:
-            self.kick()
-            raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
+        replies = await self._read(channel, lambda pipe: queue_history_reads(pipe, channel, after_seq, limit))
         return history_from_replies(replies)
+
+    async def _read(self, channel: str, queue: Callable[[Any], None]) -> list[Any]:
+        """One transaction of reads (`queue`) of `channel`'s keys on its slot's master.
+
+        While the slot migrates, the source answers ASK for keys that already left it: the
+        read is then asked of the target.  The server checks the keys of a whole
+        transaction at EXEC: while they are split between the two nodes, the target answers
+        TRYAGAIN (so a half-moved channel is never read as one without history).  MOVED,
+        TRYAGAIN and CLUSTERDOWN are retried after a topology read; BrokerUnavailable after
+        a few attempts (about 1 s) or when a node does not answer."""
+        ask_at = ""
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                async with asyncio.timeout(self.timeout):
+                    if ask_at:
+                        return await self._transaction(self._client(ask_at), queue, asking=True)
+                    return await self._transaction(self._client_for_key(channel), queue, asking=False)
+            except AskError as exc:
+                if isinstance(exc, MovedError):
+                    ask_at = ""
+                elif not ask_at:
+                    ask_at = f"{exc.host}:{exc.port}"
+                    continue
+            except TryAgainError:
+                pass  # the keys are split between the nodes for a moment: ask the same one again
+            except ClusterDownError:
+                ask_at = ""
+            except UNAVAILABLE as exc:
+                self.kick()
+                raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
+            self.kick()
+            await asyncio.sleep(0.05 * (attempt + 1))
+            await self._refresh_quietly()
+        raise BrokerUnavailable(f"redis cluster: the slot of {channel!r} is moving; try again")
+
+    @staticmethod
+    async def _transaction(client: aioredis.Redis, queue: Callable[[Any], None], asking: bool) -> list[Any]:
+        async with client.pipeline(transaction=True) as pipe:
+            if asking:  # before MULTI: inside the transaction the flag covers every queued command
+                pipe.connection = conn = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+                await conn.send_command("ASKING")
+                await conn.read_response()
+            queue(pipe)
+            return list(await pipe.execute())
 
     async def count_subscribers(self, channel: str, local: int) -> int:
         return await self._counter.count(channel, local)
