@@ -57,6 +57,8 @@ COUNTER_HELP = {
     "events_received": "Events received from the broker (once per process, before fan-out).",
     "events_delivered": "Events written to streams.",
     "events_replayed": "Events replayed from history on resume or after a gap.",
+    "stream_writes": "Stream body chunks handed to the server (deliveries per write: the coalescing "
+                     "of PUSHSVC_WRITE_DELAY_MS and of queues under load).",
     "resets_sent": "pushsvc.reset events sent (id too old, history lost, unreadable id).",
     "invalid_messages": "Broker messages dropped because they could not be parsed.",
     "slow_consumer_disconnects": "Streams ended because their queue overflowed.",

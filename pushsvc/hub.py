@@ -15,6 +15,15 @@ need the same page at once.
 One ticker task serves every stream: heartbeats for idle ones, token expiry, the write
 deadline (a stream whose write has been pending for `write_timeout_seconds` is ended), and
 unsubscribing channels that nobody has listened to for `linger_seconds`.
+
+Coalesced writes (``PUSHSVC_WRITE_DELAY_MS``, `write_delay_seconds` > 0): a stream that
+starts a write *cools* (`Hub.cool`): until its flush instant, at most the delay later,
+`StreamQueue.push` queues frames without waking it, so what arrives meanwhile leaves in one
+write.  Cooling streams wait in one bucket per flush instant (instants on a grid of a
+quarter of the delay), and one loop timer per bucket wakes every due stream that has
+something queued: no timer per stream or per write.  A control item (heartbeat, sync,
+close, overflow, expiry) ends the cooling at once, and so does a queue that reaches the
+per-write byte cap (`TAKE_MAX_BYTES`) or half its bound (`StreamQueue.ripe`).
 """
 
 from __future__ import annotations
@@ -35,6 +44,12 @@ from .resume import Position
 
 __all__ = ["CLOSE", "ENDING", "EXPIRED", "OVERFLOW", "PING", "TAKE_MAX_BYTES", "Control", "Hub", "StreamQueue", "Sync"]
 
+#: Flush instants of cooling streams lie on a grid of this fraction of the write delay: a
+#: stream cools for between 3/4 of the delay and the whole delay after its write started.
+COOL_GRID_PARTS = 4
+#: Finest grid (seconds): asyncio's and uvloop's timers have about millisecond resolution.
+COOL_GRID_MIN_SECONDS = 0.001
+
 log = logging.getLogger("pushsvc.hub")
 
 
@@ -49,6 +64,7 @@ class StreamQueue:
     __slots__ = (
         "aborted",
         "channels",
+        "cooling",
         "cut",
         "expires_at",
         "items",
@@ -78,6 +94,9 @@ class StreamQueue:
         self.task: asyncio.Task[Any] | None = None
         self.writing_since = 0.0
         self.aborted: str | None = None  # why `interrupt` ended the stream
+        # Set by `Hub.cool`: the flush instant (bucket key) until which queued frames do not
+        # wake the stream; 0: not cooling (always, with no write delay).
+        self.cooling = 0
 
     def push(self, frame: Frame) -> bool:
         """Queue a frame; False (and the stream is cut) if the subscriber is over its bound."""
@@ -89,14 +108,26 @@ class StreamQueue:
             self.items.clear()
             self.nbytes = 0
             self.items.append(OVERFLOW)
+            self.cooling = 0
             self._wake()
             if self.writing_since:  # stuck in a write: it would never read the OVERFLOW
                 self.interrupt("slow_consumer")
             return False
         self.items.append(frame)
         self.nbytes += size
+        if self.cooling:  # the only cost of the write delay here, and 0 without one
+            if not self.ripe():
+                return True
+            self.cooling = 0
         self._wake()
         return True
+
+    def ripe(self) -> bool:
+        """Enough is queued to write at once, cooling or not: the per-write byte cap, or half
+        the queue's bound (a delay must not be what makes a queue overflow)."""
+        nbytes = self.nbytes
+        return (nbytes >= TAKE_MAX_BYTES or 2 * nbytes >= self.max_bytes
+                or 2 * len(self.items) >= self.max_items)
 
     def interrupt(self, reason: str) -> None:
         """End the stream now, although a write of it is pending: cancel the task waiting
@@ -109,8 +140,10 @@ class StreamQueue:
             task.cancel()
 
     def push_control(self, item: Control | Sync) -> None:
+        """Queue a control item: it wakes the stream at once, cooling or not."""
         if not self.cut:
             self.items.append(item)
+            self.cooling = 0
             self._wake()
 
     def _wake(self) -> None:
@@ -204,6 +237,7 @@ class Hub:
         linger_seconds: float = 2.0,
         tick_seconds: float = 1.0,
         write_timeout_seconds: float = 0.0,
+        write_delay_seconds: float = 0.0,
     ) -> None:
         self.broker = broker
         self.metrics = metrics
@@ -211,6 +245,9 @@ class Hub:
         self.linger = linger_seconds
         self.tick = min(tick_seconds, keepalive_seconds / 2)
         self.write_timeout = write_timeout_seconds  # 0: no deadline
+        self.write_delay = write_delay_seconds  # 0: every chunk written at once (no cooling)
+        self._grid = max(write_delay_seconds / COOL_GRID_PARTS, COOL_GRID_MIN_SECONDS)
+        self._cooling: dict[int, list[StreamQueue]] = {}  # flush instant (grid index) -> streams
         self._channels: dict[str, _Channel] = {}
         self._subscribers: set[StreamQueue] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -383,6 +420,31 @@ class Hub:
             done.set_result(None)
             if state.history_pending is done:
                 state.history_pending = None
+
+    # -- coalesced writes --------------------------------------------------------------
+
+    def cool(self, sub: StreamQueue, since: float) -> None:
+        """`sub` starts a write taken at `since` (``time.monotonic()``): until its flush
+        instant -- the last grid point at or before ``since + write_delay`` -- frames queued
+        for it wait (see `StreamQueue.push`).  Only called with a write delay."""
+        grid = self._grid
+        key = int((since + self.write_delay) / grid)
+        sub.cooling = key
+        bucket = self._cooling.get(key)
+        if bucket is not None:
+            bucket.append(sub)
+            return
+        self._cooling[key] = [sub]
+        asyncio.get_running_loop().call_later(key * grid - time.monotonic(), self._flush_due, key)
+
+    def _flush_due(self, key: int) -> None:
+        """A flush instant: every stream still cooling until it stops cooling, and those
+        with frames queued wake (the others wake on their next frame, as usual)."""
+        for sub in self._cooling.pop(key, ()):
+            if sub.cooling == key:
+                sub.cooling = 0
+                if sub.items:
+                    sub.wake()
 
     # -- ticker ------------------------------------------------------------------------
 
