@@ -426,7 +426,11 @@ class Hub:
     def cool(self, sub: StreamQueue, since: float) -> None:
         """`sub` starts a write taken at `since` (``time.monotonic()``): until its flush
         instant -- the last grid point at or before ``since + write_delay`` -- frames queued
-        for it wait (see `StreamQueue.push`).  Only called with a write delay."""
+        for it wait (see `StreamQueue.push`).  Not if frames are still queued: the write
+        took what the byte cap allows of a backlog, whose rest follows at once.  Only
+        called with a write delay."""
+        if sub.items:
+            return
         grid = self._grid
         key = int((since + self.write_delay) / grid)
         sub.cooling = key

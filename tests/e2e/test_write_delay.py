@@ -1,0 +1,117 @@
+"""PUSHSVC_WRITE_DELAY_MS on a real Hypercorn process fed through a real redis-server
+(`pushsvc.publisher`, the native path): a burst of 200 events/s reaches the stream exactly
+once and in order, in far fewer writes than events (chunks of the chunked response, read
+from the raw framing, and ``pushsvc_stream_writes_total``), with an added publish-to-receipt
+latency of about the delay; and a stream that ends while it cools ends at once, not at its
+flush instant -- through the fast door and through the Quart route, which share one pump."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import statistics
+import time
+
+import pytest
+
+from pushsvc.publisher import AsyncPublisher
+from tests.support.helpers import metric
+from tests.support.sse_client import SSEClient
+
+pytestmark = pytest.mark.e2e
+
+DOORS = {"fast door": {}, "Quart route": {"PUSHSVC_CORS_ORIGINS": "https://app.example"}}
+RATE = 200  # events per second
+COUNT = 200
+
+
+class TimedClient(SSEClient):
+    """An SSE client that counts the response's chunks (one per server write on HTTP/1.1)
+    and notes when each event arrived."""
+
+    chunks = 0
+    arrivals: list[float]
+
+    async def _read_chunk(self) -> bytes:
+        data = await super()._read_chunk()
+        if data:
+            self.chunks += 1
+        return data
+
+    async def _pump(self) -> None:
+        before = len(self._events)
+        await super()._pump()
+        now = time.monotonic()
+        if not hasattr(self, "arrivals"):
+            self.arrivals = []
+        self.arrivals += [now] * (len(self._events) - before)
+
+
+async def publish_at_rate(publisher: AsyncPublisher, channel: str) -> list[float]:
+    """COUNT events at RATE per second; the data holds the event's number, and the returned
+    list when each was handed to Redis (CLOCK_MONOTONIC, shared with the client)."""
+    sent: list[float] = []
+    start = time.monotonic()
+    for i in range(COUNT):
+        pause = start + i / RATE - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        sent.append(time.monotonic())
+        await publisher.publish(channel, str(i))
+    return sent
+
+
+@pytest.mark.parametrize("door", DOORS)
+async def test_a_burst_arrives_exactly_once_in_order_in_far_fewer_writes_within_about_the_delay(
+    service_factory, redis_url, http, door
+):
+    delay = 0.05
+    service = service_factory({"PUSHSVC_REDIS_URL": redis_url, "PUSHSVC_WRITE_DELAY_MS": "50", **DOORS[door]})
+    publisher = AsyncPublisher(redis_url)
+    client = await TimedClient.open(service.port, ["burst"])
+    try:
+        await client.wait_open()
+        opening_chunks = client.chunks
+        reading = asyncio.create_task(client.events(COUNT, timeout=30))
+        sent = await publish_at_rate(publisher, "burst")
+        events = await reading
+        writes = client.chunks - opening_chunks
+    finally:
+        await client.close()
+        await publisher.aclose()
+    assert [e.data for e in events] == [str(i) for i in range(COUNT)]  # each once, in order
+    seqs = [int(e.last_event_id.rsplit("-", 1)[1]) for e in events]
+    assert seqs == list(range(seqs[0], seqs[0] + COUNT))
+    # One write per delay instead of one per event: at 200 events/s and 50 ms, about 25 writes.
+    assert writes <= COUNT // 3, writes
+    latencies = [arrived - sent[i] for i, arrived in enumerate(client.arrivals[-COUNT:])]
+    assert statistics.median(latencies) <= delay + 0.1, statistics.median(latencies)
+    assert max(latencies) <= delay + 1.0, max(latencies)  # generous: a shared, noisy machine
+    assert await metric(http, service, "pushsvc_events_delivered_total") == COUNT
+    assert await metric(http, service, "pushsvc_stream_writes_total") <= COUNT // 3 + opening_chunks
+
+
+@pytest.mark.parametrize("door", DOORS)
+async def test_a_stream_ending_while_it_cools_ends_at_once_not_at_its_flush_instant(
+    service_factory, redis_url, door
+):
+    """With the longest delay (1 s) a stream that has just written holds its next event for
+    up to a second; a shutdown meanwhile ends it at once, the held event and the final
+    ``retry:`` in its last write."""
+    service = service_factory({"PUSHSVC_REDIS_URL": redis_url, "PUSHSVC_WRITE_DELAY_MS": "1000", **DOORS[door]})
+    publisher = AsyncPublisher(redis_url)
+    client = await TimedClient.open(service.port, ["ending"])
+    try:
+        await client.wait_open()  # its opening write: cooling from here, for 0.75 to 1 s
+        await publisher.publish("ending", "held")
+        assert service.proc is not None
+        asked = time.monotonic()
+        service.proc.send_signal(signal.SIGTERM)
+        events = await client.until_end(timeout=10)
+        took = time.monotonic() - asked
+    finally:
+        await client.close()
+        await publisher.aclose()
+    assert [e.data for e in events] == ["held"]
+    assert client.completed and b"retry: " in bytes(client.raw).rsplit(b"held", 1)[1]
+    assert took < 0.5, took  # the flush instant was up to a second away

@@ -1,0 +1,210 @@
+"""Coalesced writes (PUSHSVC_WRITE_DELAY_MS), driven through the one stream pump
+(`pushsvc.core.streams.pump`) with the embedded broker and a recording ``send``, no network.
+
+A stream that has just written cools: frames queued meanwhile leave together in one write
+at its flush instant.  A queue at the per-write byte cap (or half its bound) writes at once;
+heartbeats, closes, overflows and token expiry are never held back; catch-up pages are not
+slowed; with no delay every event is written at once and no cooling ever starts.
+
+"At once" is checked without clocks: the write has happened after a few turns of the event
+loop, far below the delay (seconds here), so a noisy machine cannot make these tests flaky.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from pushsvc.broker.memory import MemoryBroker
+from pushsvc.core.streams import pump
+from pushsvc.events import Event
+from pushsvc.hub import CLOSE, TAKE_MAX_BYTES, Hub
+from pushsvc.metrics import Metrics
+from pushsvc.resume import Position
+from pushsvc.session import StreamSession
+
+LONG = 10.0  # a delay no test waits for: whatever is written "at once" did not wait for it
+
+
+class Wire:
+    """The server's side of one stream: each body chunk with when it was handed over."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[float, bytes]] = []
+        self.changed = asyncio.Condition()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message.get("body"):
+            async with self.changed:
+                self.chunks.append((time.monotonic(), bytes(message["body"])))
+                self.changed.notify_all()
+
+    @property
+    def bodies(self) -> list[bytes]:
+        return [body for _, body in self.chunks]
+
+    def events(self, start: int = 0) -> list[str]:
+        return [m.decode() for m in re.findall(rb"data: (e\d+)", b"".join(self.bodies[start:]))]
+
+    async def until(self, predicate: Callable[[Wire], bool], timeout: float = 5) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(lambda: predicate(self)), timeout)
+
+
+async def settle() -> None:
+    """A few turns of the event loop: enough for a woken stream to take and write."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 5) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+class Streams:
+    """A hub with a write delay over the embedded broker, and streams pumped into `Wire`s."""
+
+    def __init__(self, hub: Hub, broker: MemoryBroker) -> None:
+        self.hub = hub
+        self.broker = broker
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def open(self, resume: list[Position] | None = None, queue_size: int = 10_000,
+                   queue_bytes: int = 4 << 20) -> tuple[StreamSession, Wire, asyncio.Task[None]]:
+        """A stream on channel ``news``, once its opening write holds its position."""
+        session = StreamSession(self.hub, self.hub.metrics, ("news",), resume, False, 3000,
+                                queue_size=queue_size, queue_bytes=queue_bytes)
+        wire = Wire()
+        task = asyncio.create_task(pump(session, wire.send))
+        self.tasks.append(task)
+        await wire.until(lambda w: b"\nid: " in b"".join(w.bodies))
+        return session, wire, task
+
+    async def publish(self, *datas: str) -> None:
+        await self.broker.publish([Event(("news",), data) for data in datas])
+
+
+@pytest.fixture
+async def streams(request: pytest.FixtureRequest) -> AsyncIterator[Streams]:
+    delay = getattr(request, "param", LONG)
+    broker = MemoryBroker()
+    hub = Hub(broker, Metrics(), write_delay_seconds=delay)
+    await hub.start()
+    s = Streams(hub, broker)
+    await s.publish("e0")  # the channel has an epoch: streams open with an id
+    try:
+        yield s
+    finally:
+        for task in s.tasks:
+            task.cancel()
+        await asyncio.gather(*s.tasks, return_exceptions=True)
+        await hub.stop()
+
+
+@pytest.mark.parametrize("streams", [1.0], indirect=True)
+async def test_events_queued_while_a_stream_cools_leave_together_in_one_write_after_the_delay(streams):
+    session, wire, _ = await streams.open()
+    opened_at = wire.chunks[0][0]
+    await streams.publish(*[f"e{i}" for i in range(1, 11)])  # right after the opening write: cooling
+    await settle()
+    assert len(wire.chunks) == 1  # held back
+    await wire.until(lambda w: len(w.chunks) >= 2)
+    written_at, body = wire.chunks[1]
+    assert wire.events(1) == [f"e{i}" for i in range(1, 11)] and len(wire.chunks) == 2  # one write, in order
+    assert written_at - opened_at <= 1.0 + 1.0  # the delay (plus a generous allowance for scheduling)
+    assert streams.hub.metrics.events_delivered == 10 and streams.hub.metrics.stream_writes == 2
+
+    # After a quiet spell longer than the delay, the next event is written at once.
+    await eventually(lambda: session.subscriber.cooling == 0)
+    await streams.publish("e11")
+    await settle()
+    assert wire.events(2) == ["e11"]
+
+
+async def test_a_queue_reaching_the_per_write_byte_cap_is_written_at_once(streams):
+    _, wire, _ = await streams.open()
+    big = "x" * 1000
+    count = TAKE_MAX_BYTES // 1100  # each frame is about 1,030 bytes: under the cap, held back
+    await streams.publish(*[f"e{i} {big}" for i in range(1, count)])
+    await settle()
+    assert len(wire.chunks) == 1
+    await streams.publish(*[f"e{i} {big}" for i in range(count, count + 30)])  # over the cap
+    await settle()
+    assert wire.events(1) == [f"e{i}" for i in range(1, count + 30)]
+    assert max(len(body) for body in wire.bodies[1:]) <= TAKE_MAX_BYTES + 2000  # chunks stay capped
+
+
+async def test_a_queue_reaching_half_its_bound_is_written_at_once_so_the_delay_never_overflows_it(streams):
+    _, wire, _ = await streams.open(queue_size=20)
+    await streams.publish(*[f"e{i}" for i in range(1, 10)])
+    await settle()
+    assert len(wire.chunks) == 1  # 9 of 20: held back
+    await streams.publish("e10")
+    await settle()
+    assert wire.events(1) == [f"e{i}" for i in range(1, 11)]
+    assert streams.hub.metrics.slow_consumer_disconnects == 0
+
+
+async def test_a_heartbeat_is_not_held_back_by_cooling(streams):
+    session, wire, _ = await streams.open()
+    sub = session.subscriber
+    assert sub.cooling  # it has just written its opening
+    streams.hub._tick(time.monotonic() + streams.hub.keepalive + 1)
+    await settle()
+    assert wire.bodies[1:] == [b": ping\n\n"]
+
+
+@pytest.mark.parametrize("end", ["shutdown", "slow_consumer", "token_expired"])
+async def test_a_stream_ending_while_cooling_ends_at_once_with_what_was_queued(streams, end):
+    session, wire, task = await streams.open(queue_size=200)
+    sub = session.subscriber
+    await streams.publish("e1", "e2")
+    await settle()
+    assert len(wire.chunks) == 1 and sub.cooling
+    if end == "shutdown":
+        sub.push_control(CLOSE)
+    elif end == "slow_consumer":
+        await streams.publish(*[f"f{i}" for i in range(200)])  # half the bound first, then over it
+    else:
+        sub.expires_at = time.monotonic()
+        streams.hub._tick(time.monotonic() + 1)
+    await settle()
+    assert task.done() and session.end_reason == end
+    if end != "slow_consumer":  # an overflow drops what was queued; the browser resumes from history
+        assert wire.events(1) == ["e1", "e2"]
+
+
+async def test_catch_up_pages_are_not_slowed_by_the_delay(streams):
+    """A stream resuming far back replays page after page, each its own write, without
+    waiting for the delay between them (a page per delay would take minutes here)."""
+    ids = (await streams.broker.publish([Event(("news",), f"e{i} " + "x" * 1000) for i in range(1, 201)])).ids
+    epoch = ids[0][0].split("-")[0]
+    session, wire, _ = await streams.open(resume=[Position(epoch, 1)], queue_bytes=16 * 1024)
+    await wire.until(lambda w: "e200" in w.events(), timeout=5)
+    assert wire.events() == [f"e{i}" for i in range(1, 201)]
+    assert len(wire.chunks) > 5  # pages of about the chunk size, not one write per delay
+    assert streams.hub.metrics.events_replayed == 200
+
+
+async def test_cooling_streams_share_one_timer_per_flush_instant(streams):
+    opened = [await streams.open() for _ in range(50)]
+    assert all(session.subscriber.cooling for session, _, _ in opened)
+    assert len(streams.hub._cooling) <= 2  # one or two grid instants, each one timer, for 50 streams
+
+
+@pytest.mark.parametrize("streams", [0.0], indirect=True)
+async def test_with_no_delay_every_event_is_written_at_once_and_nothing_cools(streams):
+    session, wire, _ = await streams.open()
+    for i in range(1, 6):
+        await streams.publish(f"e{i}")
+        await settle()
+        assert wire.events(1) == [f"e{n}" for n in range(1, i + 1)] and len(wire.chunks) == i + 1
+    assert session.subscriber.cooling == 0 and not streams.hub._cooling
+    assert streams.hub.metrics.stream_writes == 6
