@@ -116,7 +116,7 @@ async def test_events_queued_while_a_stream_cools_leave_together_in_one_write_af
     await settle()
     assert len(wire.chunks) == 1  # held back
     await wire.until(lambda w: len(w.chunks) >= 2)
-    written_at, body = wire.chunks[1]
+    written_at = wire.chunks[1][0]
     assert wire.events(1) == [f"e{i}" for i in range(1, 11)] and len(wire.chunks) == 2  # one write, in order
     assert written_at - opened_at <= 1.0 + 1.0  # the delay (plus a generous allowance for scheduling)
     assert streams.hub.metrics.events_delivered == 10 and streams.hub.metrics.stream_writes == 2
@@ -126,6 +126,34 @@ async def test_events_queued_while_a_stream_cools_leave_together_in_one_write_af
     await streams.publish("e11")
     await settle()
     assert wire.events(2) == ["e11"]
+
+
+@pytest.mark.parametrize("streams", [1.0], indirect=True)
+async def test_events_queued_during_a_slow_write_still_wait_for_the_flush_instant(streams):
+    """A write that takes a while (the peer reads slowly): what arrives meanwhile is not
+    written the moment it returns, but with what follows, at the flush instant."""
+    session = StreamSession(streams.hub, streams.hub.metrics, ("news",), None, False, 3000,
+                            queue_size=1000, queue_bytes=1 << 20)
+    wire = Wire()
+    release = asyncio.Event()
+
+    async def slow_send(message: dict[str, Any]) -> None:
+        if len(wire.chunks) == 1:  # the write after the opening stalls until released
+            await release.wait()
+        await wire.send(message)
+
+    streams.tasks.append(asyncio.create_task(pump(session, slow_send)))
+    await wire.until(lambda w: b"\nid: " in b"".join(w.bodies))
+    await eventually(lambda: session.subscriber.cooling == 0)
+    await streams.publish("e1")  # written at once: its write stalls
+    await settle()
+    await streams.publish("e2", "e3")  # queued during the stalled write
+    release.set()
+    await wire.until(lambda w: len(w.chunks) == 2)
+    await settle()
+    assert wire.events(1) == ["e1"]  # e2 and e3 wait: the stream started a write just now
+    await wire.until(lambda w: len(w.chunks) == 3)
+    assert wire.events(2) == ["e2", "e3"]
 
 
 async def test_a_queue_reaching_the_per_write_byte_cap_is_written_at_once(streams):
@@ -163,7 +191,8 @@ async def test_a_heartbeat_is_not_held_back_by_cooling(streams):
 
 @pytest.mark.parametrize("end", ["shutdown", "slow_consumer", "token_expired"])
 async def test_a_stream_ending_while_cooling_ends_at_once_with_what_was_queued(streams, end):
-    session, wire, task = await streams.open(queue_size=200)
+    queue_bytes = 16 * 1024
+    session, wire, task = await streams.open(queue_bytes=queue_bytes)
     sub = session.subscriber
     await streams.publish("e1", "e2")
     await settle()
@@ -171,7 +200,7 @@ async def test_a_stream_ending_while_cooling_ends_at_once_with_what_was_queued(s
     if end == "shutdown":
         sub.push_control(CLOSE)
     elif end == "slow_consumer":
-        await streams.publish(*[f"f{i}" for i in range(200)])  # half the bound first, then over it
+        await streams.publish("f" * (queue_bytes + 1))  # over the byte bound in one event
     else:
         sub.expires_at = time.monotonic()
         streams.hub._tick(time.monotonic() + 1)
@@ -186,7 +215,7 @@ async def test_catch_up_pages_are_not_slowed_by_the_delay(streams):
     waiting for the delay between them (a page per delay would take minutes here)."""
     ids = (await streams.broker.publish([Event(("news",), f"e{i} " + "x" * 1000) for i in range(1, 201)])).ids
     epoch = ids[0][0].split("-")[0]
-    session, wire, _ = await streams.open(resume=[Position(epoch, 1)], queue_bytes=16 * 1024)
+    _, wire, _ = await streams.open(resume=[Position(epoch, 1)], queue_bytes=16 * 1024)
     await wire.until(lambda w: "e200" in w.events(), timeout=5)
     assert wire.events() == [f"e{i}" for i in range(1, 201)]
     assert len(wire.chunks) > 5  # pages of about the chunk size, not one write per delay
@@ -197,6 +226,21 @@ async def test_cooling_streams_share_one_timer_per_flush_instant(streams):
     opened = [await streams.open() for _ in range(50)]
     assert all(session.subscriber.cooling for session, _, _ in opened)
     assert len(streams.hub._cooling) <= 2  # one or two grid instants, each one timer, for 50 streams
+
+
+async def test_an_earlier_flush_instant_does_not_end_a_later_cooling(streams):
+    """A stream that wrote again (a heartbeat, a full queue) before its flush instant cools
+    until its new instant; the old one's timer leaves it cooling."""
+    session, _, _ = await streams.open()
+    sub = session.subscriber
+    first = sub.cooling
+    streams.hub.cool(sub, time.monotonic() + 1.0)  # a write started a second later
+    second = sub.cooling
+    assert second > first
+    streams.hub._flush_due(first)
+    assert sub.cooling == second
+    streams.hub._flush_due(second)
+    assert sub.cooling == 0
 
 
 @pytest.mark.parametrize("streams", [0.0], indirect=True)
