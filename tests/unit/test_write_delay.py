@@ -234,7 +234,7 @@ async def test_an_earlier_flush_instant_does_not_end_a_later_cooling(streams):
     session, _, _ = await streams.open()
     sub = session.subscriber
     first = sub.cooling
-    streams.hub.cool(sub, time.monotonic() + 1.0)  # a write started a second later
+    streams.hub.cool(sub, time.monotonic() + LONG)  # a write started a delay later
     second = sub.cooling
     assert second > first
     streams.hub._flush_due(first)
