@@ -17,13 +17,15 @@ deadline (a stream whose write has been pending for `write_timeout_seconds` is e
 unsubscribing channels that nobody has listened to for `linger_seconds`.
 
 Coalesced writes (``PUSHSVC_WRITE_DELAY_MS``, `write_delay_seconds` > 0): a stream that
-starts a write *cools* (`Hub.cool`): until its flush instant, at most the delay later,
-`StreamQueue.push` queues frames without waking it, so what arrives meanwhile leaves in one
-write.  Cooling streams wait in one bucket per flush instant (instants on a grid of a
-quarter of the delay), and one loop timer per bucket wakes every due stream that has
-something queued: no timer per stream or per write.  A control item (heartbeat, sync,
-close, overflow, expiry) ends the cooling at once, and so does a queue that reaches the
-per-write byte cap (`TAKE_MAX_BYTES`) or half its bound (`StreamQueue.ripe`).
+starts a write *cools* (`Hub.cool`): until its flush instant, at most the delay later, what
+arrives for it does not wake it, so it leaves in one write.  A one-channel stream is parked
+in its channel's `coalesce.ChannelLog` meanwhile (the fan-out skips it: the frame is logged
+once for all parked streams); a multi-channel one keeps receiving frames in its queue
+(`StreamQueue.push`).  Cooling streams wait in one bucket per flush instant (instants on a
+grid of a quarter of the delay), and one loop timer per bucket wakes every due stream that
+has something queued: no timer per stream or per write.  A control item (heartbeat, sync,
+close, overflow, expiry) ends the cooling at once, and so do frames reaching the per-write
+byte cap (`TAKE_MAX_BYTES`) or half the queue's bound (`StreamQueue.ripe`, `ChannelLog.append`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any
 
 from . import gcpolicy
 from .broker import Broker, BrokerUnavailable, History
+from .coalesce import ChannelLog, Mark
 from .cursor import CLOSE, ENDING, EXPIRED, OVERFLOW, PING, Control, Sync
 from .events import EventError, Frame, parse_message
 from .hub_state import ChannelSync
@@ -64,11 +67,13 @@ class StreamQueue:
     __slots__ = (
         "aborted",
         "channels",
+        "cooled_in",
         "cooling",
         "cut",
         "expires_at",
         "items",
         "last_write",
+        "mark",
         "max_bytes",
         "max_items",
         "nbytes",
@@ -97,6 +102,9 @@ class StreamQueue:
         # Set by `Hub.cool`: the flush instant (bucket key) until which queued frames do not
         # wake the stream; 0: not cooling (always, with no write delay).
         self.cooling = 0
+        # While parked (a cooling one-channel stream): the channel's log holding its frames.
+        self.cooled_in: ChannelLog | None = None
+        self.mark: Mark | None = None
 
     def push(self, frame: Frame) -> bool:
         """Queue a frame; False (and the stream is cut) if the subscriber is over its bound."""
@@ -104,14 +112,7 @@ class StreamQueue:
             return False
         size = len(frame.single)
         if len(self.items) >= self.max_items or self.nbytes + size > self.max_bytes:
-            self.cut = True
-            self.items.clear()
-            self.nbytes = 0
-            self.items.append(OVERFLOW)
-            self.cooling = 0
-            self._wake()
-            if self.writing_since:  # stuck in a write: it would never read the OVERFLOW
-                self.interrupt("slow_consumer")
+            self.overflow()
             return False
         self.items.append(frame)
         self.nbytes += size
@@ -121,6 +122,20 @@ class StreamQueue:
             self.cooling = 0
         self._wake()
         return True
+
+    def overflow(self) -> None:
+        """Over its bound: the stream is cut, and ends with an OVERFLOW item."""
+        self.cut = True
+        self.items.clear()
+        self.nbytes = 0
+        self.items.append(OVERFLOW)
+        self.cooling = 0
+        self._wake()
+        if self.writing_since:  # stuck in a write: it would never read the OVERFLOW
+            self.interrupt("slow_consumer")
+
+    def over_bound(self) -> bool:
+        return len(self.items) > self.max_items or self.nbytes > self.max_bytes
 
     def ripe(self) -> bool:
         """Enough is queued to write at once, cooling or not: the per-write byte cap, or half
@@ -140,8 +155,11 @@ class StreamQueue:
             task.cancel()
 
     def push_control(self, item: Control | Sync) -> None:
-        """Queue a control item: it wakes the stream at once, cooling or not."""
+        """Queue a control item: it wakes the stream at once, cooling or not (after the
+        frames parked for it, in their order)."""
         if not self.cut:
+            if self.cooled_in is not None:
+                self.cooled_in.unpark(self)
             self.items.append(item)
             self.cooling = 0
             self._wake()
@@ -203,6 +221,10 @@ class StreamQueue:
 @dataclass(slots=True)
 class _Channel:
     subscribers: set[StreamQueue] = field(default_factory=set)
+    # The fan-out's set: `subscribers` itself without a write delay; with one, the
+    # subscribers but those parked in `log` (see `pushsvc.coalesce`).
+    awake: set[StreamQueue] = field(default_factory=set)
+    log: ChannelLog | None = None
     sync: ChannelSync = field(default_factory=ChannelSync)
     idle_since: float | None = None
     history: _SharedRead | None = None
@@ -305,9 +327,10 @@ class Hub:
         for channel in sub.channels:
             state = self._channels.get(channel)
             if state is None:
-                state = self._channels[channel] = _Channel()
+                state = self._channels[channel] = self._new_channel()
                 self.broker.subscribe(channel)
             state.subscribers.add(sub)
+            state.awake.add(sub)
             state.idle_since = None
             if state.sync.synced:
                 sub.push_control(Sync(channel, state.sync.position))
@@ -320,12 +343,23 @@ class Hub:
         if not self._subscribers:
             self._empty.set()
 
+    def _new_channel(self) -> _Channel:
+        state = _Channel()
+        if self.write_delay:
+            state.log = ChannelLog(state.awake, TAKE_MAX_BYTES)
+        else:
+            state.awake = state.subscribers  # one set: the fan-out is every subscriber
+        return state
+
     def _detach(self, sub: StreamQueue) -> None:
         now = time.monotonic()
+        if sub.cooled_in is not None:
+            sub.cooled_in.drop(sub)
         for channel in sub.channels:
             state = self._channels.get(channel)
             if state is not None:
                 state.subscribers.discard(sub)
+                state.awake.discard(sub)
                 if not state.subscribers:
                     state.idle_since = now
 
@@ -345,9 +379,17 @@ class Hub:
             state.sync.live(Position(frame.epoch, frame.seq))
         self.metrics.events_received += 1
         cut: list[StreamQueue] = []
-        for sub in state.subscribers:
+        for sub in state.awake:
             if not sub.push(frame):
                 cut.append(sub)
+        parked = state.log
+        if parked is not None and parked.parked and parked.append(frame):
+            for sub in parked.unpark_all():  # ripe: write at once
+                if sub.over_bound():  # one frame larger than half the bound did it
+                    sub.overflow()
+                    cut.append(sub)
+                else:
+                    sub.wake()
         if cut:
             for sub in cut:
                 self._detach(sub)
@@ -434,6 +476,10 @@ class Hub:
         grid = self._grid
         key = int((since + self.write_delay) / grid)
         sub.cooling = key
+        if sub.cooled_in is None and len(sub.channels) == 1:
+            state = self._channels.get(sub.channels[0])
+            if state is not None and state.log is not None and sub in state.awake:
+                state.log.park(sub)
         bucket = self._cooling.get(key)
         if bucket is not None:
             bucket.append(sub)
@@ -447,6 +493,8 @@ class Hub:
         for sub in self._cooling.pop(key, ()):
             if sub.cooling == key:
                 sub.cooling = 0
+                if sub.cooled_in is not None:
+                    sub.cooled_in.unpark(sub)
                 if sub.items:
                     sub.wake()
 
