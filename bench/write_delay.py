@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -47,13 +48,20 @@ SUBSCRIBERS = 100
 
 
 class DelayedPushsvc(Pushsvc):
-    def __init__(self, redis_url: str, delay_ms: int) -> None:
+    def __init__(self, redis_url: str, delay_ms: int, root: Path | None = None) -> None:
         super().__init__(redis_url, SUBSCRIBERS)
         self.delay_ms = delay_ms
-        self.name = f"pushsvc D={delay_ms}ms"
+        self.root = root
+        self.name = f"pushsvc D={delay_ms}ms" if root is None else "baseline D=0ms"
 
     def env(self) -> dict[str, str]:
-        return {**super().env(), "PUSHSVC_WRITE_DELAY_MS": str(self.delay_ms)}
+        env = {**super().env(), "PYTHONDONTWRITEBYTECODE": "1"}
+        if self.root is None:
+            env["PUSHSVC_WRITE_DELAY_MS"] = str(self.delay_ms)
+        return env
+
+    def cwd(self) -> Path:
+        return self.root or super().cwd()  # `python -m pushsvc.cli` imports the package there
 
     def counters(self) -> dict[str, float]:
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read().decode()
@@ -154,13 +162,38 @@ def run_one(server: Any, args: argparse.Namespace, redis: RedisServer, redis_pid
     }
 
 
+def per_run(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for r in rows:
+        out.setdefault(r["server"], []).append(r["cpu_per_delivery_us"])
+    return out
+
+
+def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per server: the median of each number over its runs (loss and dups: summed)."""
+    out = []
+    for name in dict.fromkeys(r["server"] for r in rows):
+        runs = [r for r in rows if r["server"] == name]
+        row: dict[str, Any] = {"server": name}
+        for key, value in runs[0].items():
+            if key in ("loss", "dups", "closed"):
+                row[key] = sum(r[key] for r in runs)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                row[key] = statistics.median(r[key] for r in runs)
+            elif key not in row:
+                row[key] = value
+        out.append(row)
+    return out
+
+
 def table(rows: list[dict[str, Any]], rate: float, seconds: float) -> str:
-    base = next((r for r in rows if r["server"] == "pushsvc D=0ms"), None)
+    base = next((r for r in rows if r["server"] == "baseline D=0ms"),
+                next((r for r in rows if r["server"] == "pushsvc D=0ms"), None))
     nchan = next((r for r in rows if r["server"] == "nchan"), None)
     lines = [
         f"{SUBSCRIBERS} subscribers, {rate:,.0f} events/s for {seconds:g} s (server CPU: its process tree; "
         "Redis's beside it)", "",
-        "| server | CPU/delivery µs | vs D=0 | vs Nchan | Redis CPU/delivery µs | p50 ms | p99 ms | max ms "
+        "| server | CPU/delivery µs | vs baseline | vs Nchan | Redis CPU/delivery µs | p50 ms | p99 ms | max ms "
         "| loss | dups | deliveries/write |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -180,7 +213,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0, help="events per second")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--no-nchan", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the whole list this many times, interleaved; the table gives medians")
     parser.add_argument("--profile", default="", help="directory: py-spy record (raw) of each pushsvc run")
+    parser.add_argument("--baseline-root", default="",
+                        help="another checkout (e.g. `git archive main | tar -x -C /tmp/main`): run its "
+                             "pushsvc first, with no delay, as the baseline of the D=0 figures")
     args = parser.parse_args()
     delays = [int(d) for d in args.delays.split(",") if d]
     if args.profile:
@@ -193,9 +231,11 @@ def main() -> None:
             sha = client.script_load(PUBLISH_LUA).encode()
         rows = []
         servers: list[Any] = [DelayedPushsvc(redis_server.url, d) for d in delays]
+        if args.baseline_root:
+            servers.insert(0, DelayedPushsvc(redis_server.url, 0, Path(args.baseline_root)))
         if not args.no_nchan and shutil.which("nginx"):
             servers.append(Nchan(redis_server.url, SUBSCRIBERS))
-        for server in servers:
+        for server in [s for _ in range(args.repeat) for s in servers]:
             with redis.Redis.from_url(redis_server.url) as client:
                 client.delete(f"pushsvc:{{{CHANNEL}}}:history", f"pushsvc:{{{CHANNEL}}}:meta")
             print(f"== {server.name} (load {os.getloadavg()[0]:.2f})", flush=True)
@@ -208,7 +248,11 @@ def main() -> None:
     finally:
         redis_server.stop()
     print()
-    print(table(rows, args.rate, args.seconds))
+    print(table(medians(rows), args.rate, args.seconds))
+    if args.repeat > 1:
+        print(f"\n(medians of {args.repeat} interleaved runs; CPU/delivery per run: "
+              + "; ".join(f"{name}: {', '.join(f'{r:.2f}' for r in runs)}" for name, runs in per_run(rows).items())
+              + ")")
 
 
 if __name__ == "__main__":
