@@ -23,7 +23,7 @@ import pytest
 from pushsvc.broker.memory import MemoryBroker
 from pushsvc.core.streams import pump
 from pushsvc.events import Event
-from pushsvc.hub import CLOSE, TAKE_MAX_BYTES, Hub
+from pushsvc.hub import CLOSE, TAKE_MAX_BYTES, Hub, StreamQueue
 from pushsvc.metrics import Metrics
 from pushsvc.resume import Position
 from pushsvc.session import StreamSession
@@ -252,3 +252,93 @@ async def test_with_no_delay_every_event_is_written_at_once_and_nothing_cools(st
         assert wire.events(1) == [f"e{n}" for n in range(1, i + 1)] and len(wire.chunks) == i + 1
     assert session.subscriber.cooling == 0 and not streams.hub._cooling
     assert streams.hub.metrics.stream_writes == 6
+
+
+# -- the channel log: one-channel streams parked while they cool (pushsvc/coalesce.py) ----------
+
+
+def datas(items: list[Any]) -> list[str]:
+    return [m.decode() for item in items for m in re.findall(rb"data: (\S+)", item.single)]
+
+
+async def parked_pair(streams: Streams) -> tuple[Any, Any, Any]:
+    """Two queues on ``news`` (no pump: the test plays the stream's part), the first parked
+    before e1, the second before e3."""
+    hub = streams.hub
+    first, second = (StreamQueue(("news",), 1000, 1 << 20) for _ in range(2))
+    for sub in (first, second):
+        hub.add(sub)
+    await eventually(lambda: first.items and second.items)  # the channel's Sync
+    first.items, second.items = [], []
+    hub.cool(first, time.monotonic())
+    await streams.publish("e1", "e2")
+    second.items, second.nbytes = [], 0  # the second stream takes e1 and e2 and writes them:
+    hub.cool(second, time.monotonic() + LONG)  # it cools until a later flush instant
+    await streams.publish("e3")
+    return hub._channels["news"].log, first, second
+
+
+async def test_parked_streams_take_exactly_their_frames_and_the_log_keeps_only_what_is_still_owed(streams):
+    log, first, second = await parked_pair(streams)
+    assert first.items == [] and second.items == []  # parked: the fan-out skipped them
+    assert datas(log.frames) == ["e1", "e2", "e3"]
+    streams.hub._flush_due(first.cooling)
+    assert datas(first.items) == ["e1", "e2", "e3"] and first.nbytes == sum(len(f.single) for f in first.items)
+    assert datas(log.frames) == ["e3"]  # what the second stream still needs, no more
+    await streams.publish("e4")  # the first stream is back in the fan-out: straight to its queue
+    assert datas(first.items) == ["e1", "e2", "e3", "e4"]
+    streams.hub._flush_due(second.cooling)
+    assert datas(second.items) == ["e3", "e4"]
+    assert log.frames == [] and not log.parked
+
+
+async def test_a_parked_stream_that_leaves_releases_its_share_of_the_log(streams):
+    log, first, second = await parked_pair(streams)
+    streams.hub.remove(first)
+    assert first.cooled_in is None and datas(log.frames) == ["e3"]
+    streams.hub.remove(second)
+    assert log.frames == [] and not log.parked
+    await streams.publish("e4")  # nobody parked: nothing logged
+    assert log.frames == []
+
+
+async def test_a_control_item_for_a_parked_stream_comes_after_its_parked_frames(streams):
+    _, first, _ = await parked_pair(streams)
+    first.push_control(CLOSE)
+    assert datas(first.items[:-1]) == ["e1", "e2", "e3"] and first.items[-1] is CLOSE
+    assert first.cooling == 0 and first.cooled_in is None
+
+
+@pytest.mark.parametrize("streams", [1.0], indirect=True)
+async def test_a_multi_channel_stream_coalesces_too_in_arrival_order(streams):
+    session = StreamSession(streams.hub, streams.hub.metrics, ("news", "sport"), None, False, 3000,
+                            queue_size=1000, queue_bytes=1 << 20)
+    wire = Wire()
+    streams.tasks.append(asyncio.create_task(pump(session, wire.send)))
+    await wire.until(lambda w: b"\nid: " in b"".join(w.bodies))
+    await eventually(lambda: session.subscriber.cooling == 0)
+    await streams.broker.publish([Event(("sport",), "e1")])  # at once
+    await settle()
+    assert wire.events(1) == ["e1"]
+    for i, channel in enumerate(["news", "sport", "news", "sport"], start=2):
+        await streams.broker.publish([Event((channel,), f"e{i}")])
+    await settle()
+    assert len(wire.chunks) == 2  # held back
+    await wire.until(lambda w: len(w.chunks) == 3)
+    assert wire.events(2) == ["e2", "e3", "e4", "e5"]
+
+
+async def test_a_ripe_log_hands_each_parked_stream_its_frames_once_and_wakes_it(streams):
+    hub = streams.hub
+    sub = StreamQueue(("news",), 6, 1 << 20)  # ripe at 3 frames (half its bound)
+    hub.add(sub)
+    await eventually(lambda: sub.items)
+    sub.items = []
+    hub.cool(sub, time.monotonic())
+    waiter = sub.arm()
+    await streams.publish("e1", "e2")
+    assert sub.items == [] and not waiter.done()
+    await streams.publish("e3")
+    assert datas(sub.items) == ["e1", "e2", "e3"] and waiter.done() and sub.cooling == 0
+    await streams.publish("e4")  # back in the fan-out, once
+    assert datas(sub.items) == ["e1", "e2", "e3", "e4"]
