@@ -1,22 +1,28 @@
 """PUSHSVC_WRITE_DELAY_MS on a real Hypercorn process fed through a real redis-server
 (`pushsvc.publisher`, the native path): a burst of 200 events/s reaches the stream exactly
-once and in order, in far fewer writes than events (chunks of the chunked response, read
-from the raw framing, and ``pushsvc_stream_writes_total``), with an added publish-to-receipt
-latency of about the delay; and a stream that ends while it cools ends at once, not at its
-flush instant -- through the fast door and through the Quart route, which share one pump."""
+once and in order, in far fewer writes than events (chunks of the chunked response read
+from the raw HTTP/1.1 framing, DATA frames on HTTP/2 (h2c), and
+``pushsvc_stream_writes_total``), with an added publish-to-receipt latency of about the
+delay; and a stream that ends while it cools ends at once, not at its flush instant --
+through the fast door and through the Quart route, which share one pump."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import statistics
 import time
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from pushsvc.publisher import AsyncPublisher
 from tests.support.helpers import metric
 from tests.support.sse_client import SSEClient
+from tests.support.whatwg import Event, Parser
 
 pytestmark = pytest.mark.e2e
 
@@ -45,6 +51,66 @@ class TimedClient(SSEClient):
         if not hasattr(self, "arrivals"):
             self.arrivals = []
         self.arrivals += [now] * (len(self._events) - before)
+
+
+class H2cStream:
+    """One SSE stream over cleartext HTTP/2 (prior knowledge) with the h2 library: its
+    events, when each arrived, and how many DATA frames carried them (one per server write
+    while a write fits in a frame)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.parser = Parser()
+        self.events: list[Event] = []
+        self.arrivals: list[float] = []
+        self.chunks = 0
+        self.stream_id = 0
+        self.changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, port: int, channel: str) -> H2cStream:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+        client = cls(reader, writer)
+        client.conn.initiate_connection()
+        client.stream_id = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(client.stream_id, [(":method", "GET"), (":scheme", "http"),
+                                                    (":authority", "127.0.0.1"),
+                                                    (":path", f"/stream?channel={channel}")], end_stream=True)
+        writer.write(client.conn.data_to_send())
+        client._task = asyncio.create_task(client._read())
+        return client
+
+    async def _read(self) -> None:
+        while data := await self.reader.read(65536):
+            now = time.monotonic()
+            for event in self.conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived) and event.stream_id == self.stream_id:
+                    self.chunks += 1
+                    parsed = self.parser.feed(event.data)
+                    self.events += parsed
+                    self.arrivals += [now] * len(parsed)
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            self.writer.write(self.conn.data_to_send())
+            self.changed.set()
+
+    async def until(self, predicate: object, timeout: float) -> None:
+        async def loop() -> None:
+            while not predicate():  # type: ignore[operator]
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(loop(), timeout)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
 
 
 async def publish_at_rate(publisher: AsyncPublisher, channel: str) -> list[float]:
@@ -88,6 +154,29 @@ async def test_a_burst_arrives_exactly_once_in_order_in_far_fewer_writes_within_
     assert statistics.median(latencies) <= delay + 0.1, statistics.median(latencies)
     assert max(latencies) <= delay + 1.0, max(latencies)  # generous: a shared, noisy machine
     assert await metric(http, service, "pushsvc_events_delivered_total") == COUNT
+    assert await metric(http, service, "pushsvc_stream_writes_total") <= COUNT // 3 + opening_chunks
+
+
+@pytest.mark.parametrize("door", DOORS)
+async def test_over_http2_a_burst_arrives_exactly_once_in_order_in_far_fewer_data_frames(
+    service_factory, redis_url, http, door
+):
+    service = service_factory({"PUSHSVC_REDIS_URL": redis_url, "PUSHSVC_WRITE_DELAY_MS": "50", **DOORS[door]})
+    publisher = AsyncPublisher(redis_url)
+    client = await H2cStream.open(service.port, "burst")
+    try:
+        await client.until(lambda: client.parser.last_event_id != "", 10)  # synced
+        opening_chunks = client.chunks
+        sent = await publish_at_rate(publisher, "burst")
+        await client.until(lambda: len(client.events) >= COUNT, 30)
+        writes = client.chunks - opening_chunks
+    finally:
+        await client.close()
+        await publisher.aclose()
+    assert [e.data for e in client.events] == [str(i) for i in range(COUNT)]
+    assert writes <= COUNT // 3, writes
+    latencies = [arrived - sent[i] for i, arrived in enumerate(client.arrivals)]
+    assert statistics.median(latencies) <= 0.05 + 0.1, statistics.median(latencies)
     assert await metric(http, service, "pushsvc_stream_writes_total") <= COUNT // 3 + opening_chunks
 
 
