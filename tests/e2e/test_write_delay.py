@@ -157,6 +157,39 @@ async def test_a_burst_arrives_exactly_once_in_order_in_far_fewer_writes_within_
     assert await metric(http, service, "pushsvc_stream_writes_total") <= COUNT // 3 + opening_chunks
 
 
+async def test_many_streams_of_one_channel_each_get_every_event_once_in_order(service_factory, redis_url, http):
+    """20 streams whose flush instants differ (they open one after another) share the
+    channel's log of parked frames: each takes exactly its own slice, whatever the others do."""
+    service = service_factory({"PUSHSVC_REDIS_URL": redis_url, "PUSHSVC_WRITE_DELAY_MS": "10",
+                               "PUSHSVC_QUEUE_SIZE": "100", "PUSHSVC_MAX_BATCH": "100"})  # ripe at 50 events
+    publisher = AsyncPublisher(redis_url)
+    clients = []
+    try:
+        for _ in range(20):
+            clients.append(await TimedClient.open(service.port, ["shared"]))
+            await clients[-1].wait_open()
+            await asyncio.sleep(0.003)  # spread the openings over the grid
+        readers = [asyncio.create_task(c.events(COUNT, timeout=30)) for c in clients]
+        for start in range(0, COUNT, 50):  # bursts of 50 at once (ripe), then paced
+            await asyncio.gather(*[publisher.publish("shared", str(i)) for i in range(start, start + 25)])
+            for i in range(start + 25, start + 50):
+                await publisher.publish("shared", str(i))
+        received = await asyncio.gather(*readers)
+    finally:
+        for c in clients:
+            await c.close()
+        await publisher.aclose()
+    order = [e.data for e in received[0]]  # the channel's order (concurrent publishes race)
+    assert sorted(order, key=int) == [str(i) for i in range(COUNT)]
+    first = int(received[0][0].last_event_id.rsplit("-", 1)[1])
+    for events in received:  # every stream: every event once, in the channel's sequence
+        assert [e.data for e in events] == order
+        assert [int(e.last_event_id.rsplit("-", 1)[1]) for e in events] == list(range(first, first + COUNT))
+    assert await metric(http, service, "pushsvc_slow_consumer_disconnects_total") == 0
+    assert await metric(http, service, "pushsvc_events_delivered_total") == 20 * COUNT
+    assert await metric(http, service, "pushsvc_events_replayed_total") == 0  # no gap healed from history
+
+
 @pytest.mark.parametrize("door", DOORS)
 async def test_over_http2_a_burst_arrives_exactly_once_in_order_in_far_fewer_data_frames(
     service_factory, redis_url, http, door
