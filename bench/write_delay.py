@@ -120,6 +120,40 @@ def profiler(pid: int, out: str) -> subprocess.Popen[bytes] | None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+#: Where a delivery's CPU goes, from py-spy's raw stacks: (label, frame name that marks it,
+#: self time only).  A sample counts in every category whose frame is on its stack.
+PROFILE_PARTS = (
+    ("writes: pump -> Hypercorn -> transport", "HTTPStream.app_send", False),
+    ("  of which the socket write (kernel)", "StreamWriter.write", True),
+    ("fan-out: Hub.on_message", "Hub.on_message", False),
+    ("  of which StreamQueue.push", "StreamQueue.push", False),
+    ("  of which parse + encode, once per event", "parse_message", False),
+    ("stream's next chunk (take, cursor)", "StreamSession.next_chunk", False),
+    ("cooling: Hub.cool, flush instants, channel log", "Hub.cool|Hub._flush_due|ChannelLog.", False),
+    ("event loop itself (uvloop, C)", "Runner.run", True),
+)
+
+
+def profile_summary(path: str) -> list[tuple[str, float]]:
+    """Share of py-spy's samples (raw format) per `PROFILE_PARTS` category."""
+    total = 0
+    counts = [0] * len(PROFILE_PARTS)
+    with open(path) as raw:
+        for line in raw:
+            stack, _, n = line.rstrip().rpartition(" ")
+            if not stack:
+                continue
+            samples = int(n)
+            total += samples
+            frames = [f.split(" (", 1)[0] for f in stack.split(";")]
+            for k, (_, marks, self_only) in enumerate(PROFILE_PARTS):
+                names = marks.split("|")
+                hit = ([frames[-1]] if self_only else frames)
+                if any(f == m or (m.endswith(".") and f.startswith(m)) for f in hit for m in names):
+                    counts[k] += samples
+    return [(label, 100 * c / max(total, 1)) for (label, _, _), c in zip(PROFILE_PARTS, counts, strict=True)]
+
+
 def run_one(server: Any, args: argparse.Namespace, redis: RedisServer, redis_pid: int, sha: bytes,
             profile: str | None) -> dict[str, Any]:
     clients = Clients(SUBSCRIBERS)
@@ -242,6 +276,10 @@ def main() -> None:
             profile = (f"{args.profile}/{server.name.replace(' ', '_').replace('=', '')}.txt"
                        if args.profile and isinstance(server, DelayedPushsvc) else None)
             row = run_one(server, args, redis_server, redis_server.proc.pid, sha, profile)
+            if profile and os.path.exists(profile):
+                row["profile"] = profile_summary(profile)
+                for label, share in row["profile"]:
+                    print(f"    {share:5.1f}%  {label}")
             print("   ", json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}),
                   flush=True)
             rows.append(row)
