@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -66,8 +66,27 @@ from . import (
     queue_history_reads,
 )
 from .counting import SubscriberCounter
+from .failover import (
+    GRACE_SECONDS,
+    INFO_LUA,
+    PROOF_WINDOW_SECONDS,
+    RECORD_PROOF_LUA,
+    Replication,
+    lossless_successor,
+    proof_key,
+    proof_key_of_slot,
+)
 from .pubsub import SHARDED, UNAVAILABLE, PubSubLoop, route_message, text
-from .scripts import POSITION_LUA, Call, Idempotency, cluster_calls_for, max_copies, publish_lua, read_replies
+from .scripts import (
+    POSITION_LUA,
+    Call,
+    Idempotency,
+    cluster_calls_for,
+    is_pending,
+    max_copies,
+    publish_lua,
+    read_replies,
+)
 
 log = logging.getLogger("pushsvc.redis")
 
@@ -76,6 +95,7 @@ PUBLISH_SCRIPT = publish_lua("SPUBLISH", guard_failover=True)
 _REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
 _Item = tuple[int, int, str, Call]  # event index, copy index, channel, script call
 _Waiting = tuple[list[_Item], "asyncio.Future[list[Any]]"]  # one request's calls on a shard, and their replies
+_FIGURES = ("messages", "reconnects", "resubscriptions", "failovers_proven", "failovers_unproven")
 
 
 def slot_of(channel: str) -> int:
@@ -139,6 +159,10 @@ class ClusterBroker:
         self._moved_in: dict[str, int] = {}
         self._evicted: set[str] = set()  # channels unrouted by a topology change, to place again
         self._past_reconnects = 0  # of shards' loops closed since
+        self._past: dict[str, dict[str, int]] = {}  # per shard: counts of its loops closed since
+        self._run_ids: dict[str, str] = {}  # master address -> run_id read while it was master
+        self._provers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._proofs: dict[str, dict[str, int]] = {}  # new master -> proven / unproven handovers
         self._batches: dict[tuple[str, bool], list[_Waiting]] = {}
         self._flushes: set[asyncio.Task[None]] = set()
         self.max_batch = max_copies(timeout_seconds)
@@ -163,6 +187,9 @@ class ClusterBroker:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
         await self._counter.stop()
+        for task in list(self._provers.values()):
+            task.cancel()
+        await asyncio.gather(*self._provers.values(), return_exceptions=True)
         for address in list(self._loops):
             await self._close_node(address)
 
@@ -184,11 +211,23 @@ class ClusterBroker:
         return self._past_reconnects + sum(loop.reconnects for loop in self._loops.values())
 
     def shards(self) -> dict[str, dict[str, int]]:
-        """Per shard (current masters): messages read, reconnects, channels moved in (/metrics)."""
-        return {
-            a: {"messages": lp.messages, "reconnects": lp.reconnects, "resubscriptions": self._moved_in.get(a, 0)}
-            for a, lp in self._loops.items()
-        }
+        """Per shard -- every address that was a master while this process ran, so a counter
+        never vanishes or goes down when its shard fails over or moves (``rate()`` would
+        read that as a reset): messages read, reconnects, channels moved in, failovers to it
+        proven lossless or not (/metrics)."""
+        figures: dict[str, dict[str, int]] = {}
+        for address in sorted({*self._past, *self._loops, *self._moved_in, *self._proofs}):
+            past = self._past.get(address, {})
+            loop = self._loops.get(address)
+            proofs = self._proofs.get(address, {})
+            figures[address] = {
+                "messages": past.get("messages", 0) + (loop.messages if loop is not None else 0),
+                "reconnects": past.get("reconnects", 0) + (loop.reconnects if loop is not None else 0),
+                "resubscriptions": self._moved_in.get(address, 0),
+                "failovers_proven": proofs.get("proven", 0),
+                "failovers_unproven": proofs.get("unproven", 0),
+            }
+        return figures
 
     # -- topology --------------------------------------------------------------------------
 
@@ -268,6 +307,8 @@ class ClusterBroker:
         for low, high, address in ranges:
             table[low:high + 1] = [address] * (high - low + 1)
         changed = table != self._slots
+        if changed:
+            self._start_proofs(self._slots, table)
         self._slots = table
         self._topology_error = "" if all(table) else "some slots have no master"
         masters = set(table) - {""}
@@ -296,6 +337,8 @@ class ClusterBroker:
         )
         self._loops[address] = loop
         loop.start()
+        self._run_ids.pop(address, None)
+        self._spawn(("identity", address), self._read_identity(address))
 
     async def _close_node(self, address: str) -> None:
         for channel in [ch for ch, at in self._route.items() if at == address]:
@@ -304,11 +347,119 @@ class ClusterBroker:
         loop = self._loops.pop(address, None)
         if loop is not None:
             self._past_reconnects += loop.reconnects + 1  # the shard's connection is gone: a reconnect
+            past = self._past.setdefault(address, {"messages": 0, "reconnects": 0})
+            past["messages"] += loop.messages
+            past["reconnects"] += loop.reconnects + 1
             await loop.stop()
         client = self._clients.pop(address, None)
         if client is not None:
             await client.aclose()
             await client.connection_pool.disconnect()
+
+    # -- failover proofs (failover.py) -------------------------------------------------------
+
+    def _spawn(self, key: tuple[str, str], work: Coroutine[Any, Any, None]) -> None:
+        running = self._provers.get(key)
+        if running is not None and not running.done():
+            work.close()
+            return
+        task = asyncio.get_running_loop().create_task(work)
+        self._provers[key] = task
+        task.add_done_callback(lambda done: self._forget(key, done))
+
+    def _forget(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        if self._provers.get(key) is task:
+            del self._provers[key]
+
+    async def _info(self, address: str) -> Replication:
+        """``INFO server replication`` of one node (master or replica), on a connection of its own."""
+        client = aioredis.Redis.from_url(self._url(address), protocol=2, **self._common())
+        try:
+            async with asyncio.timeout(self.timeout):
+                raw = await client.eval(INFO_LUA, 0)
+        finally:
+            await client.aclose()
+        return Replication.parse(raw)
+
+    async def _read_identity(self, address: str) -> None:
+        """Remember a new master's run_id: only that process may later vouch, as the old
+        master of a failover, that it had nothing its successor lacks."""
+        try:
+            info = await self._info(address)
+        except UNAVAILABLE:
+            return
+        if info.role == "master":
+            self._run_ids[address] = info.run_id
+
+    def _start_proofs(self, before: list[str], after: list[str]) -> None:
+        """Slots whose master changed: try to prove each handover lossless (failover.py)."""
+        handovers: dict[tuple[str, str], list[int]] = {}
+        for slot, (old, new) in enumerate(zip(before, after, strict=True)):
+            if old and new and old != new:
+                handovers.setdefault((old, new), []).append(slot)
+        masters = set(after)
+        for (old, new), slots in handovers.items():
+            self._spawn((old, new), self._prove(old, new, slots, migrated=old in masters))
+
+    async def _prove(self, old: str, new: str, slots: list[int], migrated: bool) -> None:
+        """Ask the old master, for at most PROOF_WINDOW_SECONDS, whether the new one took over
+        without loss; record the verdict in the moved slots' proof hashes on the new master
+        (a proven predecessor, or "done" alone: the guard then resets at once instead of
+        letting callers wait).  A slot that moved to another master (resharding) cannot be
+        proven this way: its channels start afresh, as before."""
+        run_id = self._run_ids.get(old, "")
+        try:
+            successor = await self._info(new)
+        except UNAVAILABLE as exc:
+            log.warning("redis cluster: new master does not answer", extra={"shard": new, "error": type(exc).__name__})
+            return  # nothing can be recorded there; its guard waits out the grace
+        if successor.role != "master":
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PROOF_WINDOW_SECONDS
+        proven: str | None = None
+        why = "a slot moved to another master" if migrated else "the old master was never seen as master"
+        while not migrated and run_id:
+            try:
+                predecessor = await self._info(old)
+            except aioredis.ConnectionError as exc:  # gone (a kill, a crash): it cannot vouch
+                why = f"the old master does not answer ({type(exc).__name__})"
+                break
+            except UNAVAILABLE as exc:
+                predecessor, why = None, f"the old master does not answer ({type(exc).__name__})"
+            if predecessor is not None:
+                proven = lossless_successor(run_id, predecessor, successor)
+                if proven is not None:
+                    break
+                why = "the old master has not resynchronised partially with the new one"
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        recorded = await self._record_proof(new, successor.replid, proven or "", slots)
+        counts = self._proofs.setdefault(new, {"proven": 0, "unproven": 0})
+        counts["proven" if proven else "unproven"] += 1
+        if proven:
+            log.info("redis cluster failover proven lossless: channels keep their ids",
+                     extra={"old": old, "shard": new, "slots": len(slots), "recorded": recorded})
+        else:
+            log.warning("redis cluster master changed without a proof of no loss: its channels start new epochs",
+                        extra={"old": old, "shard": new, "slots": len(slots), "why": why, "recorded": recorded})
+
+    async def _record_proof(self, address: str, replid: str, predecessor: str, slots: list[int]) -> bool:
+        client = self._client(address)
+        try:
+            async with asyncio.timeout(self.timeout * 4):
+                sha = await client.script_load(RECORD_PROOF_LUA)
+                for start in range(0, len(slots), 1000):
+                    async with client.pipeline(transaction=False) as pipe:
+                        for slot in slots[start:start + 1000]:
+                            pipe.evalsha(sha, 1, proof_key_of_slot(slot), replid, predecessor)
+                        await pipe.execute(raise_on_error=False)
+        except UNAVAILABLE as exc:
+            log.warning("redis cluster: could not record a failover verdict", extra={"shard": address,
+                                                                                       "error": type(exc).__name__})
+            return False
+        return True
 
     def _place(self, channel: str) -> None:
         """Subscribe `channel` on the loop of its slot's master (moving it if needed)."""
@@ -386,15 +537,24 @@ class ClusterBroker:
         ]
         replies: dict[tuple[int, int], Any] = {}
         asking: dict[tuple[int, int], str] = {}
-        for attempt in range(5):
-            todo = await self._publish_round(todo, replies, asking)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GRACE_SECONDS + self.timeout  # a pending failover proof
+        redirects = 0
+        while True:
+            todo, redirected = await self._publish_round(todo, replies, asking)
             if not todo:
                 break
-            self.kick()
-            await asyncio.sleep(0.05 * (attempt + 1))
-            await self._refresh_quietly()
-        else:
-            raise OutcomeUnknown("redis cluster kept redirecting the publish")
+            if redirected:
+                redirects += 1
+                if redirects >= 5:
+                    raise OutcomeUnknown("redis cluster kept redirecting the publish")
+                self.kick()
+                await asyncio.sleep(0.05 * redirects)
+                await self._refresh_quietly()
+            elif loop.time() < deadline:  # the shard's master changed: its verdict is coming
+                await asyncio.sleep(0.05)
+            else:
+                raise OutcomeUnknown("redis cluster: no failover verdict in time")
         per_event = []
         for e, calls in enumerate(plans):
             statuses = [replies[(e, c)] for c in range(len(calls))]
@@ -415,7 +575,9 @@ class ClusterBroker:
 
     async def _publish_round(
         self, todo: list[_Item], replies: dict[tuple[int, int], Any], asking: dict[tuple[int, int], str]
-    ) -> list[_Item]:
+    ) -> tuple[list[_Item], bool]:
+        """Send `todo`; returns the calls to send again (redirected, or pending a failover
+        verdict: neither ran) and whether any was redirected."""
         by_node: dict[tuple[str, bool], list[_Item]] = {}
         for item in todo:
             ask_at = asking.pop((item[0], item[1]), "")
@@ -433,6 +595,7 @@ class ClusterBroker:
                 raise BrokerUnavailable(f"redis publish failed: {what}")
             raise OutcomeUnknown(f"redis did not answer the publish in time ({what})")
         again: list[_Item] = []
+        redirected = False
         for address, result in zip(nodes, results, strict=True):
             assert not isinstance(result, BaseException)
             for item, reply in zip(by_node[address], result, strict=True):
@@ -440,14 +603,18 @@ class ClusterBroker:
                 if isinstance(reply, AskError) and not isinstance(reply, MovedError):
                     asking[key] = f"{reply.host}:{reply.port}"
                     again.append(item)
+                    redirected = True
                 elif isinstance(reply, (*_REDIRECTS, NoScriptError)):
                     again.append(item)
+                    redirected = True
                 elif isinstance(reply, ResponseError):
                     raise OutcomeUnknown(f"redis refused the publish: {reply}")
+                elif is_pending(reply):
+                    again.append(item)
                 else:
                     replies[key] = reply
         again.sort(key=lambda item: (item[0], item[1]))
-        return again
+        return again, redirected
 
     async def _batched(self, address: str, ask: bool, items: list[_Item]) -> list[Any]:
         """Run `items` on `address` in one pipeline shared with the other publishes of this
@@ -519,21 +686,43 @@ class ClusterBroker:
     async def position(self, channel: str) -> Position:
         """The channel's position through the failover guard, then a barrier on the pub/sub
         connection of its shard: every message published before the read has then been read."""
-        try:
-            async with asyncio.timeout(self.timeout):
-                client = self._client_for_key(channel)
-                script = client.register_script(POSITION_LUA)
-                epoch, seq = await script(keys=[meta_key(channel), history_key(channel)], args=[new_epoch()])
-        except _REDIRECTS as exc:
-            self.kick()
-            raise BrokerUnavailable(f"redis cluster moved {channel!r}: {exc}") from exc
-        except UNAVAILABLE as exc:
-            self.kick()
-            raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
+        (epoch, seq), = await self._guarded_read(channel, None)
         await self._barrier_of(channel)
         if epoch is None:
             return EMPTY
         return Position(text(epoch), int(seq or 0))
+
+    async def _guarded_read(self, channel: str, more: Callable[[Any], None] | None) -> list[Any]:
+        """The failover guard (`POSITION_LUA`: it may start the channel afresh), then what
+        `more` queues, in one transaction on the channel's shard; [(epoch, seq), *replies].
+        While the guard answers pending (the shard's master just changed and its failover
+        verdict is not recorded yet) the read is tried again, for at most the guard's grace."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GRACE_SECONDS + self.timeout
+        while True:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    client = self._client_for_key(channel)
+                    script = client.register_script(POSITION_LUA)
+                    async with client.pipeline(transaction=True) as pipe:
+                        await script(keys=[meta_key(channel), history_key(channel), proof_key(channel)],
+                                     args=[new_epoch()], client=pipe)
+                        if more is not None:
+                            more(pipe)
+                        replies = await pipe.execute()
+            except _REDIRECTS as exc:
+                self.kick()
+                raise BrokerUnavailable(f"redis cluster moved {channel!r}: {exc}") from exc
+            except UNAVAILABLE as exc:
+                self.kick()
+                raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
+            guard, *rest = replies
+            if not is_pending(guard):
+                _status, epoch, seq = guard
+                return [(epoch or None, seq), *rest]
+            if loop.time() >= deadline:
+                raise BrokerUnavailable(f"redis cluster: no failover verdict yet for {channel!r}")
+            await asyncio.sleep(0.05)
 
     async def _barrier_of(self, channel: str) -> None:
         address = self._route.get(channel)
@@ -555,14 +744,11 @@ class ClusterBroker:
         await asyncio.gather(*(loop.barrier() for loop in loops), return_exceptions=True)
 
     async def history(self, channel: str, after_seq: int, limit: int | None = None) -> History:
-        try:
-            async with asyncio.timeout(self.timeout):
-                async with self._client_for_key(channel).pipeline(transaction=True) as pipe:
-                    queue_history_reads(pipe, channel, after_seq, limit)
-                    replies = await pipe.execute()
-        except (*_REDIRECTS, *UNAVAILABLE) as exc:
-            self.kick()
-            raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
+        """Read through the failover guard, like `position`: a channel whose meta a lost
+        master wrote is started afresh first, so its old ids are never handed out as current."""
+        _guard, *replies = await self._guarded_read(
+            channel, lambda pipe: queue_history_reads(pipe, channel, after_seq, limit)
+        )
         return history_from_replies(replies)
 
     async def count_subscribers(self, channel: str, local: int) -> int:
