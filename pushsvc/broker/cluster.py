@@ -431,6 +431,9 @@ class ClusterBroker:
                 proven = lossless_successor(run_id, predecessor, successor)
                 if proven is not None:
                     break
+                if predecessor.replid == successor.replid:  # it follows the new master after a full sync
+                    why = "the old master had writes the new one lacks (it needed a full resync)"
+                    break
                 why = "the old master has not resynchronised partially with the new one"
             if loop.time() >= deadline:
                 break

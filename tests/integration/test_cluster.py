@@ -485,6 +485,56 @@ async def test_a_failover_that_lost_acknowledged_writes_resets_instead_of_reusin
             await asyncio.to_thread(redis_cluster.restart, master)
 
 
+def _link_status(node) -> str:
+    with node.client() as client:
+        return str(client.info("replication").get("master_link_status"))
+
+
+async def test_a_forced_failover_that_lost_writes_of_a_live_master_resets(redis_cluster, service_factory, http):
+    """The old master stays up and answers, but it had acknowledged writes its replica never
+    received: it can only rejoin with a full resync, so nothing proves the handover lossless."""
+    service = service_factory(cluster_env(redis_cluster))
+    await ready(http, service)
+    channel = "lossy-alive"
+    master = redis_cluster.owner(channel)
+    replica = redis_cluster.replica_of(master)
+    for n in range(3):
+        assert (await publish(http, service, {"channel": channel, "data": n})).status_code == 202
+    with master.client() as node:
+        assert node.execute_command("WAIT", 1, 5000) == 1
+    try:
+        with replica.client() as node:  # it can no longer authenticate to its master: cut off
+            node.config_set("masterauth", "not-the-password")
+        with master.client() as node:
+            node.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        await asyncio.to_thread(wait_until, lambda: _link_status(replica) == "down", 10, 0.05, "the link to drop")
+        ids = []
+        for n in range(3, 6):  # acknowledged by the master only
+            answer = await publish(http, service, {"channel": channel, "data": n})
+            assert answer.status_code == 202
+            ids.append(answer.json()["id"])
+        with replica.client() as node:  # no agreement from the old master, which stays up
+            node.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+        await asyncio.to_thread(wait_until, lambda: replica.role() == "master", 30, 0.05, "the takeover")
+    finally:
+        with replica.client() as node:
+            node.config_set("masterauth", "")
+    await asyncio.to_thread(redis_cluster.wait_ok, 30)
+    await asyncio.to_thread(wait_until, lambda: _link_status(master) == "up", 30, 0.05, "the old master to resync")
+    await ready(http, service, timeout=30)
+    for n in range(6, 12):  # the new master had only 3: these would reuse 4..6
+        assert (await publish(http, service, {"channel": channel, "data": n})).status_code == 202
+    resumed = await SSEClient.open(service.port, [channel], last_event_id=ids[-1])
+    try:
+        first = await resumed.next_event(timeout=10)
+        assert first.type == RESET, f"resumed silently after losing acknowledged writes: {first}"
+        assert json.loads(first.data)["channels"] == [channel]
+    finally:
+        await resumed.close()
+    assert await shard_metric(http, service, "failovers_unproven", replica.port) >= 1
+    assert "without a proof of no loss" in service.log()
+
+
 async def test_a_slot_migrating_under_a_busy_channel_loses_nothing_silently_and_duplicates_nothing(
     redis_cluster, service_factory, http
 ):
