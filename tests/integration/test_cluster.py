@@ -485,6 +485,24 @@ async def test_a_failover_that_lost_acknowledged_writes_resets_instead_of_reusin
             await asyncio.to_thread(redis_cluster.restart, master)
 
 
+async def test_a_backend_publisher_with_no_service_to_prove_a_failover_waits_then_starts_a_new_epoch(
+    redis_cluster,
+):
+    """No pushsvc process is running to prove the failover lossless: the publisher's call is
+    answered "pending" for the guard's grace, retried, then the channel starts afresh --
+    never a silent continuation of an unproven sequence."""
+    channel = "backend-only"
+    publisher = AsyncPublisher(cluster_nodes=redis_cluster.seeds)
+    try:
+        (before,) = await publisher.publish(channel, {"n": 1})
+        await asyncio.to_thread(redis_cluster.failover, redis_cluster.owner(channel))
+        (after,) = await publisher.publish(channel, {"n": 2})
+    finally:
+        await publisher.aclose()
+    assert after.split("-")[0] != before.split("-")[0], (before, after)
+    assert after.endswith("-1")
+
+
 def _link_status(node) -> str:
     with node.client() as client:
         return str(client.info("replication").get("master_link_status"))
