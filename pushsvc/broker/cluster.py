@@ -41,6 +41,7 @@ Raw publishers.  Only ``SPUBLISH <channel> <json>`` reaches ``/stream?channel=<c
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -92,6 +93,7 @@ log = logging.getLogger("pushsvc.redis")
 
 SLOTS = 16384
 PUBLISH_SCRIPT = publish_lua("SPUBLISH", guard_failover=True)
+POSITION_SHA = hashlib.sha1(POSITION_LUA.encode("utf-8")).hexdigest()
 _REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
 _Item = tuple[int, int, str, Call]  # event index, copy index, channel, script call
 _Waiting = tuple[list[_Item], "asyncio.Future[list[Any]]"]  # one request's calls on a shard, and their replies
@@ -612,7 +614,9 @@ class ClusterBroker:
                     redirected = True
                 elif isinstance(reply, ResponseError):
                     raise OutcomeUnknown(f"redis refused the publish: {reply}")
-                elif is_pending(reply):
+                elif is_pending(reply):  # sent again to the same node (ASKING too, mid-migration)
+                    if address[1]:
+                        asking[key] = address[0]
                     again.append(item)
                 else:
                     replies[key] = reply
@@ -687,10 +691,12 @@ class ClusterBroker:
         return int(await client.execute_command("SPUBLISH", CONTROL_CHANNEL, query))  # type: ignore[no-untyped-call]
 
     async def position(self, channel: str) -> Position:
-        """The channel's position through the failover guard, then a barrier on the pub/sub
-        connection of its shard: every message published before the read has then been read."""
+        """The channel's position through the failover guard, then (when this process
+        subscribes to it) a barrier on the pub/sub connection of its shard: every message
+        published before the read has then been read."""
         (epoch, seq), = await self._guarded_read(channel, None)
-        await self._barrier_of(channel)
+        if channel in self._wanted:  # a resync needs the barrier; a history read of a channel
+            await self._barrier_of(channel)  # this process does not subscribe to does not
         if epoch is None:
             return EMPTY
         return Position(text(epoch), int(seq or 0))
@@ -705,14 +711,7 @@ class ClusterBroker:
         while True:
             try:
                 async with asyncio.timeout(self.timeout):
-                    client = self._client_for_key(channel)
-                    script = client.register_script(POSITION_LUA)
-                    async with client.pipeline(transaction=True) as pipe:
-                        await script(keys=[meta_key(channel), history_key(channel), proof_key(channel)],
-                                     args=[new_epoch()], client=pipe)
-                        if more is not None:
-                            more(pipe)
-                        replies = await pipe.execute()
+                    replies = await self._guarded_pipeline(channel, more)
             except _REDIRECTS as exc:
                 self.kick()
                 raise BrokerUnavailable(f"redis cluster moved {channel!r}: {exc}") from exc
@@ -726,6 +725,23 @@ class ClusterBroker:
             if loop.time() >= deadline:
                 raise BrokerUnavailable(f"redis cluster: no failover verdict yet for {channel!r}")
             await asyncio.sleep(0.05)
+
+    async def _guarded_pipeline(self, channel: str, more: Callable[[Any], None] | None) -> list[Any]:
+        """One MULTI/EXEC round trip: EVALSHA of the guard, then `more`; the script is loaded
+        (and the transaction sent again) only when the node does not know it."""
+        client = self._client_for_key(channel)
+        for attempt in range(2):
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.evalsha(POSITION_SHA, 3, meta_key(channel), history_key(channel), proof_key(channel), new_epoch())
+                if more is not None:
+                    more(pipe)
+                try:
+                    return list(await pipe.execute())
+                except NoScriptError:
+                    if attempt:
+                        raise
+            await client.script_load(POSITION_LUA)
+        raise AssertionError("unreachable")
 
     async def _barrier_of(self, channel: str) -> None:
         address = self._route.get(channel)

@@ -17,10 +17,12 @@ never appears in a channel name), so every caller of the script -- every pushsvc
 * ``ok:<replid>`` -- the replication ids proven to be lossless predecessors of the master
   whose id is ``<replid>`` (a chain over successive planned failovers);
 * ``done:<replid>`` -- a proof attempt for that master has finished: anything not listed is
-  reset at once;
-* ``wait:<replid>`` -- when a call first met an unproven predecessor here: until a proof
-  attempt finishes, calls answer *pending* (callers retry) for at most `GRACE_SECONDS`,
-  after which the guard resets (no pushsvc process noticed the failover: conservative).
+  reset at once.
+
+Until a proof attempt has finished, a call that meets an unproven predecessor answers
+*pending* (nothing is stored; callers retry) for at most `GRACE_SECONDS` from the first
+such call on the channel (the meta's ``wait`` field), after which the guard resets: no
+pushsvc process noticed the failover, so nobody will prove it (conservative).
 
 The proof (`lossless_successor`).  Only the old master can tell whether it had writes its
 replica never received.  After a planned ``CLUSTER FAILOVER`` the old master becomes a
@@ -85,6 +87,8 @@ def proof_key(channel: str) -> str:
 REPLID_LUA = "local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')"
 
 # guard(meta, proof) -> epoch (kept), false (none, or must start afresh), or 'pending'.
+# The guard only reads the proof hash (a key it created could collide with the slot's own
+# proof hash when a resharding MIGRATEs it in: BUSYKEY); the wait starts in the meta.
 GUARD_FUNCTION_LUA = f"""
 local function guard(meta, proof)
   local epoch = redis.call('HGET', meta, 'epoch')
@@ -95,15 +99,17 @@ local function guard(meta, proof)
     local ok = redis.call('HGET', proof, 'ok:' .. replid)
     if ok and string.find(' ' .. ok .. ' ', ' ' .. rid .. ' ', 1, true) then
       redis.call('HSET', meta, 'rid', replid)
+      redis.call('HDEL', meta, 'wait')
       return epoch
     end
   end
-  if redis.call('HGET', proof, 'done:' .. replid) then return false end
+  if redis.call('HEXISTS', proof, 'done:' .. replid) == 1 then return false end
   local t = redis.call('TIME')
   local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-  local since = tonumber(redis.call('HGET', proof, 'wait:' .. replid) or '')
+  local waited = redis.call('HGET', meta, 'wait') or ''
+  local since = tonumber(string.match(waited, '^' .. replid .. ':(.+)$') or '')
   if not since then
-    redis.call('HSET', proof, 'wait:' .. replid, tostring(now))
+    redis.call('HSET', meta, 'wait', replid .. ':' .. tostring(now))
     since = now
   end
   if now - since >= {GRACE_SECONDS} then return false end
@@ -111,7 +117,7 @@ local function guard(meta, proof)
 end
 """
 
-RECORD_LUA = "redis.call('HSET', meta, 'rid', replid)"
+RECORD_LUA = "redis.call('HSET', meta, 'rid', replid); redis.call('HDEL', meta, 'wait')"
 
 # KEYS: a slot's proof hash.  ARGV: the master's replication id (the script does nothing
 # on a node with another id), a proven predecessor's id or ''.  Records the proof (the

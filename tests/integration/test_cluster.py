@@ -236,8 +236,14 @@ class Roamer:
         while not stop.is_set():
             await self._visit(random.uniform(0.2, 0.6))
 
-    async def _visit(self, seconds: float) -> None:
+    async def _visit(self, seconds: float, first: bool = False) -> None:
         client = await SSEClient.open(random.choice(self.ports), self.channels, last_event_id=self.last_id)
+        if first:  # until synced: its first id is what later visits resume from (else they'd start fresh)
+            try:
+                await client.wait_open(timeout=10)
+            except BaseException:
+                await client.close()
+                raise
         try:
             await client.until(lambda c: False, timeout=seconds)
         except (TimeoutError, Exception):
@@ -279,7 +285,7 @@ async def run_publisher_through(
     stop = asyncio.Event()
     roamers = [Roamer([s.port for s in services], channels) for _ in range(3)]
     for roamer in roamers:  # first visit: a fresh stream, so later ones resume with an id
-        await roamer._visit(0.2)
+        await roamer._visit(0.2, first=True)
     tasks = [asyncio.ensure_future(_publisher(http, s, channels, accepted, stop, k * PUBLISHER_SPAN))
              for k, s in enumerate(services)]
     tasks += [asyncio.ensure_future(r.roam(stop)) for r in roamers]
@@ -362,11 +368,16 @@ async def test_a_resume_from_before_a_planned_failover_catches_up_exactly(redis_
     for n in range(5, 8):  # published after it: same epoch, sequence continued
         assert (await publish(http, service, {"channel": channel, "data": n})).status_code == 202
 
-    page = (await http.get(service.base + "/history", params={"channel": channel, "after": before})).json()
-    assert page["reset"] is None, page
-    assert [e["data"] for e in page["events"]] == [3, 4, 5, 6, 7]
     epoch = before.split("-")[0]
-    assert [e["id"] for e in page["events"]] == [f"{epoch}-{n}" for n in range(4, 9)]
+    other = service_factory(cluster_env(redis_cluster))  # no stream of its own on the channel
+    await ready(http, other)
+    for reader_service in (service, other):
+        answer = await http.get(reader_service.base + "/history", params={"channel": channel, "after": before})
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        assert page["reset"] is None, page
+        assert [e["data"] for e in page["events"]] == [3, 4, 5, 6, 7]
+        assert [e["id"] for e in page["events"]] == [f"{epoch}-{n}" for n in range(4, 9)]
     resumed = await SSEClient.open(service.port, [channel], last_event_id=before)
     try:
         events = await resumed.events(5, timeout=10)
@@ -462,7 +473,9 @@ async def test_a_failover_that_lost_acknowledged_writes_resets_instead_of_reusin
         finally:
             await broker.stop()
         assert read.epoch != lost_epoch and read.entries == [], read
-        page = (await http.get(service.base + "/history", params={"channel": channel, "after": lost_id})).json()
+        answer = await http.get(service.base + "/history", params={"channel": channel, "after": lost_id})
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
         assert page["reset"] == "history_lost", page
         assert not page["last_id"].startswith(lost_epoch), page
         for n in range(8, 18):  # the promoted replica had only 3: these would reuse 4..8
