@@ -9,7 +9,10 @@ unless a `url` or a `client` is given; on Redis Cluster pass `cluster_nodes=` (s
 set ``PUSHSVC_REDIS_CLUSTER_NODES``: each channel's copy of an event is then one script call
 on its channel's shard (``SPUBLISH``), as the service does.  History size and TTL come from
 ``PUSHSVC_HISTORY_SIZE`` / ``PUSHSVC_HISTORY_TTL_SECONDS`` (defaults 1000 / 3600) and must
-match the service's.
+match the service's.  Right after a cluster failover a call may be answered "pending"
+until a pushsvc service has recorded whether the failover lost writes: the publisher retries
+it (at most `PENDING_SECONDS`), so a publish then takes a little longer, never resets a
+channel that a planned failover kept intact.
 
 Every event goes through the same validation as ``POST /publish`` (`events.event_from_json`:
 size ``PUSHSVC_MAX_EVENT_BYTES``, nesting depth, channel count, reserved types, retry up to

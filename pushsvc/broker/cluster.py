@@ -15,15 +15,17 @@ channel is dropped from the old loop and subscribed on the new one; its confirma
 reported to the hub (`on_subscribed`), which resynchronises its streams from history exactly
 as after a reconnect.
 
-Failover honesty.  Replication is asynchronous: a promoted replica may lack acknowledged
-writes and would hand out sequence numbers already given.  The publish script (and the
-position read, `POSITION_LUA`) records in each channel's meta the replication id of the
-master that wrote it (``INFO replication`` is readable from Lua on Redis 7); a different
-master starts the channel afresh with a new epoch, so an id from before a failover never
-matches an event written after it and the streams get a ``pushsvc.reset``.  The promoted
-replica cannot tell a lossless failover from a lossy one, so *every* failover resets the
-shard's channels as they are next read or written (a slot migration too: the target's
-replication id differs).  Conservative, never silent.
+Failover honesty (`failover.py`).  Replication is asynchronous: a promoted replica may lack
+acknowledged writes and would hand out sequence numbers already given.  Every script call
+of a channel (publish, position, history) goes through a guard that compares the channel's
+``rid`` (the replication id of the master that last wrote it) with the current master's:
+a proven lossless predecessor keeps the epoch (streams catch up exactly), anything else
+starts the channel afresh with a new epoch (streams get a ``pushsvc.reset``).  When the
+refresher sees a slot's master change, a prover asks the old master whether it rejoined the
+new one by a partial resync (the proof), and records the verdict in the moved slots' proof
+hashes on the new master, where every caller's script reads it; until then the guard
+answers *pending* and calls are retried (bounded), so a planned failover resets nothing.
+A slot moved to another master (resharding) is not provable: its channels start afresh.
 
 Why not redis-py's cluster pub/sub.  ``redis.asyncio.cluster.ClusterPubSub`` keeps one
 `PubSub` per node and ``get_sharded_message`` polls them one after another, each with the
@@ -97,7 +99,6 @@ POSITION_SHA = hashlib.sha1(POSITION_LUA.encode("utf-8")).hexdigest()
 _REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
 _Item = tuple[int, int, str, Call]  # event index, copy index, channel, script call
 _Waiting = tuple[list[_Item], "asyncio.Future[list[Any]]"]  # one request's calls on a shard, and their replies
-_FIGURES = ("messages", "reconnects", "resubscriptions", "failovers_proven", "failovers_unproven")
 
 
 def slot_of(channel: str) -> int:
