@@ -166,6 +166,7 @@ class ClusterBroker:
         self._run_ids: dict[str, str] = {}  # master address -> run_id read while it was master
         self._provers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._proofs: dict[str, dict[str, int]] = {}  # new master -> proven / unproven handovers
+        self._proven: dict[str, str] = {}  # new master -> its replication id, once proven and recorded
         self._batches: dict[tuple[str, bool], list[_Waiting]] = {}
         self._flushes: set[asyncio.Task[None]] = set()
         self.max_batch = max_copies(timeout_seconds)
@@ -340,7 +341,6 @@ class ClusterBroker:
         )
         self._loops[address] = loop
         loop.start()
-        self._run_ids.pop(address, None)
         self._spawn(("identity", address), self._read_identity(address))
 
     async def _close_node(self, address: str) -> None:
@@ -391,7 +391,7 @@ class ClusterBroker:
             info = await self._info(address)
         except UNAVAILABLE:
             return
-        if info.role == "master":
+        if info.role == "master":  # a stale view may list a demoted node: keep what we knew
             self._run_ids[address] = info.run_id
 
     def _start_proofs(self, before: list[str], after: list[str]) -> None:
@@ -416,10 +416,11 @@ class ClusterBroker:
         except UNAVAILABLE as exc:
             log.warning("redis cluster: new master does not answer", extra={"shard": new, "error": type(exc).__name__})
             return  # nothing can be recorded there; its guard waits out the grace
-        if successor.role != "master":
-            return
+        if successor.role != "master" or self._proven.get(new) == successor.replid:
+            return  # not a master (a stale view), or this handover is proven and recorded already
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + PROOF_WINDOW_SECONDS
+        started = loop.time()
+        deadline = started + PROOF_WINDOW_SECONDS
         proven: str | None = None
         why = "a slot moved to another master" if migrated else "the old master was never seen as master"
         while not migrated and run_id:
@@ -441,27 +442,35 @@ class ClusterBroker:
             if loop.time() >= deadline:
                 break
             await asyncio.sleep(0.05)
+        decided = loop.time()
         recorded = await self._record_proof(new, successor.replid, proven or "", slots)
+        if proven and recorded:
+            self._proven[new] = successor.replid
+        timing = {"decided_ms": round(1000 * (decided - started)), "recorded_ms": round(1000 * (loop.time() - decided))}
         counts = self._proofs.setdefault(new, {"proven": 0, "unproven": 0})
         counts["proven" if proven else "unproven"] += 1
         if proven:
             log.info("redis cluster failover proven lossless: channels keep their ids",
-                     extra={"old": old, "shard": new, "slots": len(slots), "recorded": recorded})
+                     extra={"old": old, "shard": new, "slots": len(slots), "recorded": recorded, **timing})
         else:
             log.warning("redis cluster master changed without a proof of no loss: its channels start new epochs",
-                        extra={"old": old, "shard": new, "slots": len(slots), "why": why, "recorded": recorded})
+                        extra={"old": old, "shard": new, "slots": len(slots), "why": why, "recorded": recorded,
+                               **timing})
 
     async def _record_proof(self, address: str, replid: str, predecessor: str, slots: list[int]) -> bool:
+        """Write the verdict into the slots' proof hashes on the new master: first the slots of
+        this process's channels (their publishes and resyncs are waiting), then the rest."""
+        mine = {slot_of(channel) for channel in self._wanted}
+        ordered = sorted(slots, key=lambda slot: slot not in mine)
         client = self._client(address)
         try:
             async with asyncio.timeout(self.timeout * 4):
                 sha = await client.script_load(RECORD_PROOF_LUA)
-                for start in range(0, len(slots), 1000):
-                    async with client.pipeline(transaction=False) as pipe:
-                        for slot in slots[start:start + 1000]:
-                            pipe.evalsha(sha, 1, proof_key_of_slot(slot), replid, predecessor)
-                        await pipe.execute(raise_on_error=False)
-        except UNAVAILABLE as exc:
+                first = sum(1 for slot in ordered if slot in mine)
+                for chunk in (ordered[:first], *(ordered[i:i + 1000] for i in range(first, len(ordered), 1000))):
+                    if chunk:
+                        await client.evalsha(sha, 0, replid, predecessor, *map(proof_key_of_slot, chunk))
+        except (ResponseError, *UNAVAILABLE) as exc:  # a slot that moved on meanwhile
             log.warning("redis cluster: could not record a failover verdict", extra={"shard": address,
                                                                                        "error": type(exc).__name__})
             return False
