@@ -178,7 +178,7 @@ class Publisher(_Base):
             deadline = time.monotonic() + PENDING_SECONDS
             reply = self._script(keys=keys, args=args)
             while is_pending(reply) and time.monotonic() < deadline:  # a failover verdict is coming
-                time.sleep(0.05)
+                time.sleep(0.02)
                 reply = self._script(keys=keys, args=args)
             replies.append(reply)
         return _ids(replies)
@@ -216,7 +216,7 @@ class AsyncPublisher(_Base):
             deadline = time.monotonic() + PENDING_SECONDS
             reply = await self._script(keys=keys, args=args)
             while is_pending(reply) and time.monotonic() < deadline:  # a failover verdict is coming
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.02)
                 reply = await self._script(keys=keys, args=args)
             replies.append(reply)
         return _ids(replies)

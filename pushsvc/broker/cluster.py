@@ -96,6 +96,7 @@ log = logging.getLogger("pushsvc.redis")
 SLOTS = 16384
 PUBLISH_SCRIPT = publish_lua("SPUBLISH", guard_failover=True)
 POSITION_SHA = hashlib.sha1(POSITION_LUA.encode("utf-8")).hexdigest()
+PENDING_RETRY_SECONDS = 0.02  # a call the guard answered "pending": a verdict takes ~10-150 ms
 _REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
 _Item = tuple[int, int, str, Call]  # event index, copy index, channel, script call
 _Waiting = tuple[list[_Item], "asyncio.Future[list[Any]]"]  # one request's calls on a shard, and their replies
@@ -441,7 +442,7 @@ class ClusterBroker:
                 why = "the old master has not resynchronised partially with the new one"
             if loop.time() >= deadline:
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(PENDING_RETRY_SECONDS)
         decided = loop.time()
         recorded = await self._record_proof(new, successor.replid, proven or "", slots)
         if proven and recorded:
@@ -567,7 +568,7 @@ class ClusterBroker:
                 await asyncio.sleep(0.05 * redirects)
                 await self._refresh_quietly()
             elif loop.time() < deadline:  # the shard's master changed: its verdict is coming
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(PENDING_RETRY_SECONDS)
             else:
                 raise OutcomeUnknown("redis cluster: no failover verdict in time")
         per_event = []
@@ -734,7 +735,7 @@ class ClusterBroker:
                 return [(epoch or None, seq), *rest]
             if loop.time() >= deadline:
                 raise BrokerUnavailable(f"redis cluster: no failover verdict yet for {channel!r}")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(PENDING_RETRY_SECONDS)
 
     async def _guarded_pipeline(self, channel: str, more: Callable[[Any], None] | None) -> list[Any]:
         """One MULTI/EXEC round trip: EVALSHA of the guard, then `more`; the script is loaded
