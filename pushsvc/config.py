@@ -96,8 +96,14 @@ class Settings:
     )
     redis_cluster_nodes: tuple[str, ...] = _setting(
         (), _list, "Redis Cluster seed URLs, comma-separated (`redis://10.0.0.1:7000,redis://10.0.0.2:7000`; "
-        "`rediss://` and `redis://:password@` accepted). Channels are spread over the shards; raw "
+        "`rediss://` and `redis://:password@` accepted; the first seed's password and TLS options, such as "
+        "`rediss://10.0.0.1:7000?ssl_ca_certs=/etc/pushsvc/redis-ca.pem`, apply to every node). Channels are "
+        "spread over the shards; raw "
         "publishers must use `SPUBLISH`. Not together with `PUSHSVC_REDIS_URL`.", secret=True
+    )
+    redis_cluster_refresh_seconds: float = _setting(
+        1.0, _float_range(0.1, 3600), "Redis Cluster: read the topology (`CLUSTER SLOTS`) this often; it is "
+        "also read at once when a node redirects a command, drops a subscription or a connection is lost."
     )
     publish_tokens: tuple[str, ...] = _setting(
         (), _list, "Comma-separated bearer tokens accepted by `POST /publish`.", secret=True

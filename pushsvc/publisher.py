@@ -82,13 +82,22 @@ def _cluster_seeds(url: str | None, client: object, cluster_nodes: str | Sequenc
     return [seed.strip() for seed in cluster_nodes if seed.strip()]
 
 
+#: TLS options a ``rediss://`` seed may carry in its query (as for a single Redis URL).
+_TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
+
+
 def _cluster_options(seeds: list[str]) -> dict[str, Any]:
+    """Credentials and TLS options of the first seed, for every node."""
     first = urlsplit(seeds[0])
-    return dict(
+    options: dict[str, Any] = dict(
         username=unquote(first.username) if first.username else None,
         password=unquote(first.password) if first.password else None,
         ssl=first.scheme == "rediss",
     )
+    if first.scheme == "rediss" and first.query:
+        parsed = redis.connection.parse_url(seeds[0])  # type: ignore[no-untyped-call]
+        options.update({name: parsed[name] for name in _TLS_OPTIONS if name in parsed})
+    return options
 
 
 def _startup(seed: str) -> tuple[str, int]:

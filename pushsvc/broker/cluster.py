@@ -94,6 +94,7 @@ from .scripts import (
 log = logging.getLogger("pushsvc.redis")
 
 SLOTS = 16384
+_READ_ATTEMPTS = 6  # of a read redirected while a slot moves (about 1 s of pauses in all)
 PUBLISH_SCRIPT = publish_lua("SPUBLISH", guard_failover=True)
 POSITION_SHA = hashlib.sha1(POSITION_LUA.encode("utf-8")).hexdigest()
 PENDING_RETRY_SECONDS = 0.02  # a call the guard answered "pending": a verdict takes ~10-150 ms
@@ -142,6 +143,7 @@ class ClusterBroker:
         first = urlsplit(seeds[0])
         self._scheme = first.scheme
         self._userinfo = first.netloc.rsplit("@", 1)[0] + "@" if "@" in first.netloc else ""
+        self._query = f"?{first.query}" if first.query else ""  # TLS options (ssl_ca_certs=...) for every node
         self.history_size = history_size
         self.history_ttl_seconds = history_ttl_seconds
         self.timeout = timeout_seconds
@@ -242,7 +244,7 @@ class ClusterBroker:
         return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
 
     def _url(self, address: str) -> str:
-        return f"{self._scheme}://{self._userinfo}{address}"
+        return f"{self._scheme}://{self._userinfo}{address}{self._query}"
 
     def _common(self) -> dict[str, Any]:
         return dict(socket_timeout=self.timeout, socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 1))
@@ -563,12 +565,16 @@ class ClusterBroker:
             if redirected:
                 redirects += 1
                 if redirects >= 5:
+                    if not replies:  # every call was answered with a redirect: none of them ran
+                        raise BrokerUnavailable("redis cluster kept redirecting the publish (a slot is moving)")
                     raise OutcomeUnknown("redis cluster kept redirecting the publish")
                 self.kick()
                 await asyncio.sleep(0.05 * redirects)
                 await self._refresh_quietly()
             elif loop.time() < deadline:  # the shard's master changed: its verdict is coming
                 await asyncio.sleep(PENDING_RETRY_SECONDS)
+            elif not replies:  # pending calls stored nothing
+                raise BrokerUnavailable("redis cluster: no failover verdict in time")
             else:
                 raise OutcomeUnknown("redis cluster: no failover verdict in time")
         per_event = []
@@ -714,21 +720,27 @@ class ClusterBroker:
 
     async def _guarded_read(self, channel: str, more: Callable[[Any], None] | None) -> list[Any]:
         """The failover guard (`POSITION_LUA`: it may start the channel afresh), then what
-        `more` queues, in one transaction on the channel's shard; [(epoch, seq), *replies].
-        While the guard answers pending (the shard's master just changed and its failover
-        verdict is not recorded yet) the read is tried again, for at most the guard's grace."""
+        `more` queues, in one transaction on the channel's shard (`_read`: ASK, TRYAGAIN and
+        MOVED followed); [(epoch, seq), *replies].  While the guard answers pending (the
+        shard's master just changed and its failover verdict is not recorded yet) the read is
+        tried again, for at most the guard's grace."""
+        def queue(pipe: Any) -> None:
+            pipe.evalsha(POSITION_SHA, 3, meta_key(channel), history_key(channel), proof_key(channel), new_epoch())
+            if more is not None:
+                more(pipe)
+
         loop = asyncio.get_running_loop()
         deadline = loop.time() + GRACE_SECONDS + self.timeout
+        loaded = False
         while True:
             try:
-                async with asyncio.timeout(self.timeout):
-                    replies = await self._guarded_pipeline(channel, more)
-            except _REDIRECTS as exc:
-                self.kick()
-                raise BrokerUnavailable(f"redis cluster moved {channel!r}: {exc}") from exc
-            except UNAVAILABLE as exc:
-                self.kick()
-                raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
+                replies = await self._read(channel, queue)
+            except NoScriptError:
+                if loaded:
+                    raise BrokerUnavailable("redis cluster: the guard script cannot be loaded") from None
+                await self._load_position_script()
+                loaded = True
+                continue
             guard, *rest = replies
             if not is_pending(guard):
                 _status, epoch, seq = guard
@@ -737,22 +749,13 @@ class ClusterBroker:
                 raise BrokerUnavailable(f"redis cluster: no failover verdict yet for {channel!r}")
             await asyncio.sleep(PENDING_RETRY_SECONDS)
 
-    async def _guarded_pipeline(self, channel: str, more: Callable[[Any], None] | None) -> list[Any]:
-        """One MULTI/EXEC round trip: EVALSHA of the guard, then `more`; the script is loaded
-        (and the transaction sent again) only when the node does not know it."""
-        client = self._client_for_key(channel)
-        for attempt in range(2):
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.evalsha(POSITION_SHA, 3, meta_key(channel), history_key(channel), proof_key(channel), new_epoch())
-                if more is not None:
-                    more(pipe)
-                try:
-                    return list(await pipe.execute())
-                except NoScriptError:
-                    if attempt:
-                        raise
-            await client.script_load(POSITION_LUA)
-        raise AssertionError("unreachable")
+    async def _load_position_script(self) -> None:
+        """Load the guard on every master (a restarted node, or a target mid-migration)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await asyncio.gather(*(self._client(a).script_load(POSITION_LUA) for a in set(self._slots) - {""}))
+        except UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
 
     async def _barrier_of(self, channel: str) -> None:
         address = self._route.get(channel)
@@ -780,6 +783,52 @@ class ClusterBroker:
             channel, lambda pipe: queue_history_reads(pipe, channel, after_seq, limit)
         )
         return history_from_replies(replies)
+
+    async def _read(self, channel: str, queue: Callable[[Any], None]) -> list[Any]:
+        """One transaction of reads (`queue`) of `channel`'s keys on its slot's master.
+
+        While the slot migrates, the source answers ASK for keys that already left it: the
+        read is then asked of the target.  The server checks the keys of a whole
+        transaction at EXEC: while they are split between the two nodes, the target answers
+        TRYAGAIN (so a half-moved channel is never read as one without history).  MOVED,
+        TRYAGAIN and CLUSTERDOWN are retried after a topology read; BrokerUnavailable after
+        a few attempts (about 1 s) or when a node does not answer."""
+        ask_at = ""
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                async with asyncio.timeout(self.timeout):
+                    if ask_at:
+                        return await self._transaction(self._client(ask_at), queue, asking=True)
+                    return await self._transaction(self._client_for_key(channel), queue, asking=False)
+            except AskError as exc:
+                if isinstance(exc, MovedError):
+                    ask_at = ""
+                elif not ask_at:
+                    ask_at = f"{exc.host}:{exc.port}"
+                    continue
+            except TryAgainError:
+                pass  # the keys are split between the nodes for a moment: ask the same one again
+            except ClusterDownError:
+                ask_at = ""
+            except NoScriptError:
+                raise  # the caller loads its script
+            except UNAVAILABLE as exc:
+                self.kick()
+                raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
+            self.kick()
+            await asyncio.sleep(0.05 * (attempt + 1))
+            await self._refresh_quietly()
+        raise BrokerUnavailable(f"redis cluster: the slot of {channel!r} is moving; try again")
+
+    @staticmethod
+    async def _transaction(client: aioredis.Redis, queue: Callable[[Any], None], asking: bool) -> list[Any]:
+        async with client.pipeline(transaction=True) as pipe:
+            if asking:  # before MULTI: inside the transaction the flag covers every queued command
+                pipe.connection = conn = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+                await conn.send_command("ASKING")
+                await conn.read_response()
+            queue(pipe)
+            return list(await pipe.execute())
 
     async def count_subscribers(self, channel: str, local: int) -> int:
         return await self._counter.count(channel, local)

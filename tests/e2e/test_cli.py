@@ -88,6 +88,7 @@ def test_unknown_hypercorn_setting_is_refused_not_ignored(tmp_path):
 #: An invalid value for every setting that can be invalid; the rest take any string.
 INVALID = {
     "redis_url": "http://127.0.0.1:6379", "redis_cluster_nodes": "http://127.0.0.1:7000",
+    "redis_cluster_refresh_seconds": "0",
     "keepalive_seconds": "soon", "retry_ms": "-1",
     "queue_size": "0", "queue_bytes": "lots", "history_size": "-5", "history_ttl_seconds": "1.5",
     "redis_timeout_seconds": "0", "max_streams": "0", "max_channels_per_stream": "1001",
