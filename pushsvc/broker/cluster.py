@@ -724,8 +724,9 @@ class ClusterBroker:
         MOVED followed); [(epoch, seq), *replies].  While the guard answers pending (the
         shard's master just changed and its failover verdict is not recorded yet) the read is
         tried again, for at most the guard's grace."""
-        def queue(pipe: Any) -> None:
-            pipe.evalsha(POSITION_SHA, 3, meta_key(channel), history_key(channel), proof_key(channel), new_epoch())
+        def queue(pipe: Any, asking: bool) -> None:
+            pipe.evalsha(POSITION_SHA, 2, meta_key(channel), history_key(channel), new_epoch(), proof_key(channel),
+                         "1" if asking else "")
             if more is not None:
                 more(pipe)
 
@@ -784,8 +785,9 @@ class ClusterBroker:
         )
         return history_from_replies(replies)
 
-    async def _read(self, channel: str, queue: Callable[[Any], None]) -> list[Any]:
-        """One transaction of reads (`queue`) of `channel`'s keys on its slot's master.
+    async def _read(self, channel: str, queue: Callable[[Any, bool], None]) -> list[Any]:
+        """One transaction of reads (`queue(pipe, asking)`) of `channel`'s keys on its slot's
+        master (`asking`: of a migration's target).
 
         While the slot migrates, the source answers ASK for keys that already left it: the
         read is then asked of the target.  The server checks the keys of a whole
@@ -821,13 +823,13 @@ class ClusterBroker:
         raise BrokerUnavailable(f"redis cluster: the slot of {channel!r} is moving; try again")
 
     @staticmethod
-    async def _transaction(client: aioredis.Redis, queue: Callable[[Any], None], asking: bool) -> list[Any]:
+    async def _transaction(client: aioredis.Redis, queue: Callable[[Any, bool], None], asking: bool) -> list[Any]:
         async with client.pipeline(transaction=True) as pipe:
             if asking:  # before MULTI: inside the transaction the flag covers every queued command
                 pipe.connection = conn = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
                 await conn.send_command("ASKING")
                 await conn.read_response()
-            queue(pipe)
+            queue(pipe, asking)
             return list(await pipe.execute())
 
     async def count_subscribers(self, channel: str, local: int) -> int:

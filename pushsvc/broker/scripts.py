@@ -37,17 +37,20 @@ def max_copies(redis_timeout_seconds: float) -> int:
     """Most event copies (events x channels) in one request (and one pipeline)."""
     return max(100, int(COPIES_PER_TIMEOUT_SECOND * redis_timeout_seconds))
 
-# The cluster's failover guard (`failover.py`): per channel the caller adds the proof hash
-# of its slot to the keys; the script keeps a channel's epoch only when its meta was written
-# by this master or a proven lossless predecessor, answers PENDING while a proof may still
-# come, and otherwise starts the channel afresh (new epoch).
+# The cluster's failover guard (`failover.py`): per channel the caller names the proof hash
+# of its slot (an argument, not a declared key: it is read only when a channel's master
+# changed, and a declared key that may or may not exist would upset the key checks Redis
+# makes while a slot migrates -- ASK, TRYAGAIN -- for every call); the script keeps a
+# channel's epoch only when its meta was written by this master or a proven lossless
+# predecessor, answers PENDING while a proof may still come, and otherwise starts the
+# channel afresh (new epoch).
 def publish_lua(publish_command: str = "PUBLISH", guard_failover: bool = False) -> str:
     """The publish script: `publish_command` is PUBLISH (single Redis) or SPUBLISH (cluster);
-    `guard_failover` adds the failover guard (cluster: KEYS per channel are meta, history
-    and the slot's proof hash)."""
+    `guard_failover` adds the failover guard (cluster: ARGV per channel also names the
+    slot's proof hash)."""
     return (
         _PUBLISH_LUA.replace("__PUBLISH__", publish_command)
-        .replace("__STRIDE__", "3" if guard_failover else "2")
+        .replace("__ASTRIDE__", "3" if guard_failover else "2")
         .replace("__GUARD__", _PRE_GUARD_LUA if guard_failover else "")
         .replace("__EPOCH__", "guarded[c]" if guard_failover else "redis.call('HGET', meta, 'epoch')")
         .replace("__RECORD__", failover.RECORD_LUA if guard_failover else "")
@@ -60,8 +63,8 @@ _PRE_GUARD_LUA = "\n".join([
     failover.REPLID_LUA,
     failover.GUARD_FUNCTION_LUA,
     "local guarded = {}",
-    "for c = 0, (#KEYS - 1) / 3 - 1 do",
-    "  local epoch = guard(KEYS[2 + 3 * c], KEYS[4 + 3 * c])",
+    "for c = 0, (#KEYS - 1) / 2 - 1 do",
+    "  local epoch = guard(KEYS[2 + 2 * c], ARGV[10 + 3 * c])",
     f"  if epoch == 'pending' then return {{{failover.PENDING}, ''}} end",
     "  guarded[c] = epoch",
     "end",
@@ -69,13 +72,19 @@ _PRE_GUARD_LUA = "\n".join([
 
 # A channel's state through the guard (cluster), for a resync or a history read: right after
 # a failover the new epoch is seen at once, not at the channel's next publish.
-# KEYS: meta, history, proof hash; ARGV: fresh epoch.
+# KEYS: meta, history; ARGV: fresh epoch, the slot's proof hash, '1' when the read was asked
+# of a migration's target (ASK: the slot still belongs to the source, which can no longer
+# write these keys; they are read as they are, the guard acts once the slot is the
+# target's, where a migrated channel starts afresh as after any unproven change of master).
 # Returns {0, epoch or false, seq}, or {PENDING} while a proof may still come.
 POSITION_LUA = "\n".join([
     failover.REPLID_LUA,
     failover.GUARD_FUNCTION_LUA,
     "local meta, hist = KEYS[1], KEYS[2]",
-    "local epoch = guard(meta, KEYS[3])",
+    "if ARGV[3] == '1' then",
+    "  return {0, redis.call('HGET', meta, 'epoch'), tonumber(redis.call('HGET', meta, 'seq') or 0)}",
+    "end",
+    "local epoch = guard(meta, ARGV[2])",
     f"if epoch == 'pending' then return {{{failover.PENDING}}} end",
     "if not epoch then",
     "  if not redis.call('HGET', meta, 'epoch') then return {0, false, 0} end",
@@ -87,10 +96,11 @@ POSITION_LUA = "\n".join([
     "return {0, epoch, tonumber(redis.call('HGET', meta, 'seq') or 0)}",
 ])
 
-# KEYS: idempotency record, then meta and history (and the proof hash, cluster) per channel.
+# KEYS: idempotency record, then meta and history per channel.
 # ARGV: fingerprint, record field, record ttl, prefix, maxlen, ttl, eid, then live channel
-# and fresh epoch per channel.  Returns {status, "<id> <id> ..."}: 0 stored, 1 replayed,
-# -1 the record belongs to another request, -2 pending (cluster: a failover proof may come).
+# and fresh epoch (and the slot's proof hash, cluster) per channel.  Returns {status,
+# "<id> <id> ..."}: 0 stored, 1 replayed, -1 the record belongs to another request,
+# -2 pending (cluster: a failover proof may still come).
 _PUBLISH_LUA = f"""
 __GUARD__
 local idem, fp, n, idem_ttl = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -105,8 +115,8 @@ else
   redis.call('EXPIRE', idem, idem_ttl)
 end
 local ids = {{}}
-for c = 0, (#KEYS - 1) / __STRIDE__ - 1 do
-  local meta, hist, j = KEYS[2 + __STRIDE__ * c], KEYS[3 + __STRIDE__ * c], 8 + 2 * c
+for c = 0, (#KEYS - 1) / 2 - 1 do
+  local meta, hist, j = KEYS[2 + 2 * c], KEYS[3 + 2 * c], 8 + __ASTRIDE__ * c
   local epoch = __EPOCH__
   if not epoch then
     epoch = ARGV[j + 1]
@@ -189,9 +199,9 @@ class _Plan:
         ]
         for channel in channels:
             keys += [wire.meta_key(channel), wire.history_key(channel)]
-            if guarded:
-                keys.append(failover.proof_key(channel))
             args += [wire.live_channel(channel), new_epoch()]
+            if guarded:
+                args.append(failover.proof_key(channel))
         return keys, args
 
 
