@@ -69,6 +69,8 @@ COUNTER_HELP = {
     "redis_shard_messages": "Redis Cluster: messages read on the shard's sharded pub/sub connection.",
     "redis_shard_reconnects": "Redis Cluster: times the shard's pub/sub connection was lost and re-established.",
     "redis_shard_resubscriptions": "Redis Cluster: channels moved to this shard (failover, slot moved).",
+    "redis_shard_failovers_proven": "Redis Cluster: failovers to this shard proven lossless (channels kept their ids).",
+    "redis_shard_failovers_unproven": "Redis Cluster: master changes to this shard not proven lossless (resets).",
     "auth_calls": "Calls to the app's authorisation callback (PUSHSVC_AUTH_URL).",
     "auth_denials": "Subscriptions the app refused (401/403, or a channel left out).",
     "auth_errors": "Callback calls that failed (unreachable, timeout, unexpected answer): refused for now.",
