@@ -79,7 +79,8 @@ def create_app(settings: Settings | None = None) -> Quart:
            if settings.redis_cluster_nodes else {}),
     )
     hub = Hub(broker, metrics, keepalive_seconds=settings.keepalive_seconds,
-              write_timeout_seconds=settings.write_timeout_seconds)
+              write_timeout_seconds=settings.write_timeout_seconds,
+              write_delay_seconds=settings.write_delay_ms / 1000)
     rt = app.extensions["pushsvc"] = Runtime(settings, broker, hub, metrics)
     app.extensions["pushsvc.auth"] = Authority(settings)
     cors.install(app, settings.cors_origins)

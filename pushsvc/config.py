@@ -174,6 +174,13 @@ class Settings:
         "long is ended (reason `write_timeout`) and its queue and session released, without waiting "
         "for `TCP_USER_TIMEOUT` (0: no deadline)."
     )
+    write_delay_ms: int = _setting(
+        0, _int_range(0, 1000), "Coalescing window per stream: a stream that has just written waits up "
+        "to this long to collect further events into one write (one write per window instead of one per "
+        "event: less CPU for streams receiving many events per second, at most this much added latency). "
+        "A write still goes out at once when it reaches the per-write byte cap or half the queue bound; "
+        "heartbeats and stream ends are never delayed (0: every event written at once)."
+    )
     drain_seconds: float = _setting(
         2.0, _float_range(0, 300), "On SIGTERM, how long `pushsvc serve` waits for streams to "
         "end; keep it below Hypercorn's graceful_timeout."

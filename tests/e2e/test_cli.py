@@ -99,6 +99,7 @@ INVALID = {
     "log_format": "xml", "log_level": "LOUD", "allow_anonymous_publish": "maybe",
     "max_retry_ms": "-1", "auth_cache_seconds": "-1", "auth_url": "ftp://app.internal/authorize",
     "idempotency_seconds": "-1", "write_timeout_seconds": "-1", "auth_timeout_seconds": "0", "debug_gc": "maybe",
+    "write_delay_ms": "1001",
 }
 ANY_STRING = {"publish_tokens", "jwt_audience", "jwt_issuer", "metrics_dir"}
 SETTING_NAMES = [f.name for f in fields(Settings)]
