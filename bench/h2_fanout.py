@@ -38,6 +38,7 @@ import multiprocessing
 import os
 import platform
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -370,11 +371,13 @@ def markdown(report: dict[str, Any]) -> str:
              "| x h1 | events per read | p50 ms | p99 ms | max ms | loss | dups | ended by server "
              "| load generator CPU % of a core (µs/delivery) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    h1 = next((r for r in report["modes"] if r["mode"] == "h1" and "error" not in r), None)
+    ok = [r for r in report["modes"] if "error" not in r]
+    repeated = report["args"].get("repeat", 1) > 1
     for r in report["modes"]:
         if "error" in r:
             lines.append(f"| {r['mode']} | failed: {r['error'][:100].splitlines()[0]} |||||||||||||||")
             continue
+        h1 = next((x for x in ok if x["mode"] == "h1" and x.get("round") == r.get("round")), None)
         ratio = f"{r['cpu_per_delivery_us'] / h1['cpu_per_delivery_us']:.2f}" if h1 else "-"
         errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items())
         lines.append(
@@ -384,6 +387,19 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {fmt(r['p50_ms'], ',.0f')} | {fmt(r['p99_ms'], ',.0f')} "
             f"| {fmt(r['max_ms'], ',.0f')} | {r['loss']:,} | {r['dups']} | {r['closed_by_server']} "
             f"| {fmt(r['loadgen_cpu_pct'], '.0f')} ({fmt(r['loadgen_cpu_per_delivery_us'])}) |")
+    if repeated:
+        lines += ["", "Medians over the runs (the modes took turns):", "",
+                  "| mode | CPU/stream opened µs | RSS/stream KB | CPU/delivery µs | x h1 | p99 ms | loss | dups |",
+                  "|---|---|---|---|---|---|---|---|"]
+        h1_cpu = [x["cpu_per_delivery_us"] for x in ok if x["mode"] == "h1"]
+        for mode in dict.fromkeys(x["mode"] for x in ok):
+            runs = [x for x in ok if x["mode"] == mode]
+            cpu = statistics.median(x["cpu_per_delivery_us"] for x in runs)
+            ratio = f"**{cpu / statistics.median(h1_cpu):.2f}**" if h1_cpu else "-"
+            lines.append(f"| {mode} | {statistics.median(x['cpu_per_open_us'] for x in runs):,.0f} "
+                         f"| {statistics.median(x['rss_per_stream_kb'] for x in runs):.1f} | {cpu:.1f} | {ratio} "
+                         f"| {statistics.median(x['p99_ms'] for x in runs):,.0f} | {sum(x['loss'] for x in runs):,} "
+                         f"| {sum(x['dups'] for x in runs)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -395,6 +411,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between events")
     parser.add_argument("--connect-timeout", type=float, default=90.0)
+    parser.add_argument("--repeat", type=int, default=1, help="run the modes this many times in turn (medians)")
     args = parser.parse_args()
     if args.streams > 10_000:
         parser.error("at most 10,000 streams")
@@ -410,10 +427,12 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-h2-") as tmp:
             config = tls_config(Path(tmp), args.per_conn)
-            for mode in [m for m in args.modes.split(",") if m]:
-                print(f"== {mode}: {args.streams:,} streams (load {os.getloadavg()[0]:.2f})", flush=True)
-                result = run_mode(mode, args, redis, config)
-                report["modes"].append(result)
+            for round_ in range(1, args.repeat + 1):
+                for mode in [m for m in args.modes.split(",") if m]:
+                    print(f"== {mode}: {args.streams:,} streams, run {round_} (load {os.getloadavg()[0]:.2f})",
+                          flush=True)
+                    result = {**run_mode(mode, args, redis, config), "round": round_}
+                    report["modes"].append(result)
                 print("   ", {k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items()}, flush=True)
     finally:
         redis.stop()

@@ -749,27 +749,43 @@ def markdown(report: dict[str, Any]) -> str:
 
 def workers_table(report: dict[str, Any]) -> list[str]:
     """pushsvc with 1 and with N workers at each size, side by side (issue 16: CPU per
-    delivery within 10% of one worker's), with the load generator's CPU."""
+    delivery within 10% of one worker's), with the load generator's CPU.  A size given more
+    than once (``--sizes 10000,10000``) is a repeat: every run is listed (the servers took
+    turns), then the medians."""
     rows = [r for r in report["fanout"] if "error" not in r and
             (r["server"] == "pushsvc" or r["server"].startswith("pushsvc-w"))]
     if len({r["server"] for r in rows}) < 2:
         return []
     lines = ["", "### pushsvc: 1 worker against more, fan-out (same run)", "",
-             "| N | workers | connect s | CPU/stream opened µs | RSS/stream KB | CPU/delivery µs | x 1 worker "
+             "| N | workers | run | connect s | CPU/stream opened µs | RSS/stream KB | CPU/delivery µs | x 1 worker "
              "| p50 ms | p99 ms | loss | dups | server CPU % of a core | load generator CPU % of a core "
              "(µs/delivery) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for n in report["args"]["sizes"]:
-        one = next((r for r in rows if r["n"] == n and r["server"] == "pushsvc"), None)
-        for r in (r for r in rows if r["n"] == n):
-            workers = 1 if r["server"] == "pushsvc" else int(r["server"].removeprefix("pushsvc-w"))
-            ratio = f"{r['cpu_per_delivery_us'] / one['cpu_per_delivery_us']:.2f}" if one else "-"
-            lines.append(
-                f"| {n:,} | {workers} | {r['connect_s']:.1f} | {fmt(r['cpu_per_open_us'])} "
-                f"| {fmt(r['rss_per_stream_kb'], '.1f')} | {fmt(r['cpu_per_delivery_us'], '.1f')} | {ratio} "
-                f"| {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | {r['loss']:,} | {r['dups']} "
-                f"| {fmt(r.get('server_cpu_pct'))} | {fmt(r.get('loadgen_cpu_pct'))} "
-                f"({fmt(r.get('loadgen_cpu_per_delivery_us'), '.1f')}) |")
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for n in dict.fromkeys(report["args"]["sizes"]):
+        runs = [r for r in rows if r["n"] == n]
+        servers = list(dict.fromkeys(r["server"] for r in runs))
+        repeated = len(runs) > len(servers)
+        ones = [r for r in runs if r["server"] == "pushsvc"]
+        one_median = statistics.median(r["cpu_per_delivery_us"] for r in ones) if ones else None
+        for server in servers:
+            mine = [r for r in runs if r["server"] == server]
+            workers = 1 if server == "pushsvc" else int(server.removeprefix("pushsvc-w"))
+            for k, r in enumerate(mine, 1):
+                # each run against the 1-worker run of the same round
+                ref = ones[k - 1]["cpu_per_delivery_us"] if k <= len(ones) else None
+                ratio = f"{r['cpu_per_delivery_us'] / ref:.2f}" if ref else "-"
+                lines.append(
+                    f"| {n:,} | {workers} | {k if repeated else '-'} | {r['connect_s']:.1f} "
+                    f"| {fmt(r['cpu_per_open_us'])} | {fmt(r['rss_per_stream_kb'], '.1f')} "
+                    f"| {fmt(r['cpu_per_delivery_us'], '.1f')} | {ratio} "
+                    f"| {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | {r['loss']:,} | {r['dups']} "
+                    f"| {fmt(r.get('server_cpu_pct'))} | {fmt(r.get('loadgen_cpu_pct'))} "
+                    f"({fmt(r.get('loadgen_cpu_per_delivery_us'), '.1f')}) |")
+            if repeated:
+                med = statistics.median(r["cpu_per_delivery_us"] for r in mine)
+                ratio = f"**{med / one_median:.2f}**" if one_median else "-"
+                lines.append(f"| {n:,} | {workers} | median | | | | {med:.1f} | {ratio} | | | "
+                             f"{sum(r['loss'] for r in mine):,} | {sum(r['dups'] for r in mine)} | | |")
     return lines
 
 
@@ -807,7 +823,7 @@ def compute_ratios(report: dict[str, Any], me: str) -> dict[str, Any]:
     metrics = [("cpu_per_open_us", "CPU/stream opened"), ("rss_per_stream_kb", "RSS/stream"),
                ("cpu_per_delivery_us", "CPU/delivery"), ("p99_ms", "p99"), ("connect_s", "connect time")]
     by = {(r["server"], r["n"]): r for r in report["fanout"] if "error" not in r}
-    for n in report["args"]["sizes"]:
+    for n in dict.fromkeys(report["args"]["sizes"]):
         mine = by.get((me, n))
         if not mine:
             continue
