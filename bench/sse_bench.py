@@ -533,7 +533,9 @@ async def _publish_load(server: Server, batch: int, duration: float, conns: int)
     return done
 
 
-def publish_rate(server: Server, args: argparse.Namespace) -> dict[str, Any]:
+def publish_rate(server: Server, args: argparse.Namespace, redis_pid: int | None = None) -> dict[str, Any]:
+    """Requests/s and server CPU per request (the server's process tree), with Redis's own CPU
+    per request beside it (`redis_pid`; not part of the server's figure)."""
     out: dict[str, Any] = {}
     # The naive app takes one event per request.  The bare app's publish never reaches Redis:
     # what it costs is the floor of a small POST answered under Hypercorn.
@@ -541,14 +543,17 @@ def publish_rate(server: Server, args: argparse.Namespace) -> dict[str, Any]:
     for batch in batches:
         spy = profiler(server, args, f"{server.name}-publish-{batch}")
         cpu0 = tree_cpu_seconds(server.pid)
+        redis0 = tree_cpu_seconds(redis_pid) if redis_pid else 0.0
         t0 = time.monotonic()
         done = uvloop.run(_publish_load(server, batch, args.publish_seconds, 16))
         took = time.monotonic() - t0
         cpu = tree_cpu_seconds(server.pid) - cpu0
+        redis_cpu = tree_cpu_seconds(redis_pid) - redis0 if redis_pid else 0.0
         stop_profiler(spy)
         key = "single" if batch == 1 else f"batch{batch}"
         out[key] = {"requests_per_s": done / took, "events_per_s": done * batch / took,
-                    "cpu_per_request_us": cpu / max(done, 1) * 1e6}
+                    "cpu_per_request_us": cpu / max(done, 1) * 1e6,
+                    "redis_cpu_per_request_us": redis_cpu / max(done, 1) * 1e6}
     return out
 
 
@@ -592,12 +597,15 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {t['best_deliveries_per_s']:,.0f} | {t['best_rate']} | {steps} |")
     if report["publish"]:
         lines += ["", "### POST /publish, 16 keep-alive connections", "",
-                  "| server | single: requests/s | CPU/request µs | batches of 100: events/s | CPU/request µs |",
-                  "|---|---|---|---|---|"]
+                  "| server | single: requests/s | CPU/request µs | Redis CPU/request µs "
+                  "| batches of 100: events/s | CPU/request µs | Redis CPU/request µs |",
+                  "|---|---|---|---|---|---|---|"]
         for name, p in report["publish"].items():
-            b = p.get("batch100", {})
-            lines.append(f"| {name} | {p['single']['requests_per_s']:,.0f} | {p['single']['cpu_per_request_us']:,.0f} "
-                         f"| {fmt(b.get('events_per_s'))} | {fmt(b.get('cpu_per_request_us'))} |")
+            b, s = p.get("batch100", {}), p["single"]
+            lines.append(f"| {name} | {s['requests_per_s']:,.0f} | {s['cpu_per_request_us']:,.0f} "
+                         f"| {fmt(s.get('redis_cpu_per_request_us'))} | {fmt(b.get('events_per_s'))} "
+                         f"| {fmt(b.get('cpu_per_request_us'))} | {fmt(b.get('redis_cpu_per_request_us'))} |")
+        lines += publish_against_bare(report)
     lines += targets(report)
     ratios = report.get("ratios")
     if ratios:
@@ -607,6 +615,33 @@ def markdown(report: dict[str, Any]) -> str:
         for row in ratios["rows"]:
             lines.append(f"| {row[0]} | {row[1]} | " + " | ".join(row[2:]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def median_round(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round whose single-event CPU per request is the median (the lower middle one)."""
+    ranked = sorted(results, key=lambda r: r["single"]["cpu_per_request_us"])
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def publish_against_bare(report: dict[str, Any]) -> list[str]:
+    """Single-event POST /publish: pushsvc's server CPU per request against the bare app's,
+    round by round (each round runs both, one after the other), and the median ratio."""
+    rounds = report.get("publish_rounds", {})
+    mine, bare = rounds.get("pushsvc"), rounds.get("pushsvc-bare")
+    if not mine or not bare:
+        return []
+    lines = ["", "### Single-event POST /publish against the bare app (issue 16: ratio ≤ 1.3)", "",
+             "| round | pushsvc CPU/request µs | Redis CPU/request µs | bare CPU/request µs | ratio |",
+             "|---|---|---|---|---|"]
+    ratios = []
+    for n, (m, b) in enumerate(zip(mine, bare, strict=False), 1):
+        ratio = m["single"]["cpu_per_request_us"] / b["single"]["cpu_per_request_us"]
+        ratios.append(ratio)
+        lines.append(f"| {n} | {m['single']['cpu_per_request_us']:,.0f} "
+                     f"| {fmt(m['single'].get('redis_cpu_per_request_us'))} "
+                     f"| {b['single']['cpu_per_request_us']:,.0f} | {ratio:.2f} |")
+    lines.append(f"| median | | | | **{statistics.median(ratios):.2f}** |")
+    return lines
 
 
 # Issue 6's targets, and the naive Quart app's figures the issue measured them against.
@@ -688,6 +723,9 @@ def main() -> None:
     parser.add_argument("--max-rate", type=int, default=12800)
     parser.add_argument("--step-seconds", type=float, default=3.0)
     parser.add_argument("--publish-seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="publish phase: run it this many times, the servers alternating; report the "
+                             "median round (and the median pushsvc/bare ratio of single-event CPU)")
     parser.add_argument("--profile", default="", help="directory: py-spy record pushsvc during each phase")
     parser.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames, e.g. the GC)")
     parser.add_argument("--no-throughput", action="store_true")
@@ -726,7 +764,7 @@ def main() -> None:
                    f"Linux {platform.release()}, Python {platform.python_version()})",
         "argv": " ".join(["python bench/sse_bench.py", *sys.argv[1:]]),
         "args": {k: v for k, v in vars(args).items()}, "servers": labels,
-        "fanout": [], "throughput": {}, "publish": {},
+        "fanout": [], "throughput": {}, "publish": {}, "publish_rounds": {},
     }
     try:
         for n in args.sizes:
@@ -755,19 +793,23 @@ def main() -> None:
                 finally:
                     server.stop()
         if not args.no_publish:
-            for name, label in zip(names, labels, strict=True):
-                if not (name.startswith("pushsvc") or name == "nchan"):
-                    continue
-                print(f"== {label}: POST /publish rate", flush=True)
-                server = make(name, redis.url, 0)
-                try:
-                    server.start()
-                    report["publish"][label] = publish_rate(server, args)
-                    print("   ", report["publish"][label], flush=True)
-                except Exception as exc:
-                    print(f"    publish bench failed: {type(exc).__name__}: {exc}", flush=True)
-                finally:
-                    server.stop()
+            rounds: dict[str, list[dict[str, Any]]] = report["publish_rounds"]
+            for round_no in range(1, args.rounds + 1):  # servers alternate within each round
+                for name, label in zip(names, labels, strict=True):
+                    if not (name.startswith("pushsvc") or name == "nchan"):
+                        continue
+                    print(f"== {label}: POST /publish rate (round {round_no} of {args.rounds}, "
+                          f"load {os.getloadavg()[0]:.2f})", flush=True)
+                    server = make(name, redis.url, 0)
+                    try:
+                        server.start()
+                        rounds.setdefault(label, []).append(publish_rate(server, args, redis_pid=redis.proc.pid))
+                        print("   ", rounds[label][-1], flush=True)
+                    except Exception as exc:
+                        print(f"    publish bench failed: {type(exc).__name__}: {exc}", flush=True)
+                    finally:
+                        server.stop()
+            report["publish"] = {label: median_round(results) for label, results in rounds.items()}
     finally:
         redis.stop()
     report["ratios"] = compute_ratios(report, me)
