@@ -13,6 +13,7 @@ with the same key: safe).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -98,6 +99,11 @@ def idempotency_of(
 BodyReader = Callable[[], Awaitable[bytes]]
 
 
+@functools.lru_cache(maxsize=8)
+def _limits(max_event_bytes: int, max_retry_ms: int) -> Limits:
+    return Limits(max_event_bytes, max_retry_ms)
+
+
 def media_type(content_type: str | None) -> str:
     """What werkzeug's `request.mimetype` is: the type without parameters, lowercased."""
     return (content_type or "").split(";", 1)[0].strip().lower()
@@ -119,7 +125,7 @@ async def publish_request(
         )
     raw = await read_body()
     settings = rt.settings
-    limits = Limits(settings.max_event_bytes, settings.max_retry_ms)
+    limits = _limits(settings.max_event_bytes, settings.max_retry_ms)
     events, batch = parse_body(raw, settings.max_batch, limits, max_copies(settings.redis_timeout_seconds))
     scope.check([event.channels for event in events], batch)  # 403 before anything is published
     idem = idempotency_of(idempotency_key, events, auth, authorization, settings.idempotency_seconds)
