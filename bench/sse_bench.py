@@ -634,13 +634,17 @@ def publish_against_bare(report: dict[str, Any]) -> list[str]:
              "| round | pushsvc CPU/request µs | Redis CPU/request µs | bare CPU/request µs | ratio |",
              "|---|---|---|---|---|"]
     ratios = []
-    for n, (m, b) in enumerate(zip(mine, bare, strict=False), 1):
+    bare_of = {b["round"]: b for b in bare}
+    for m in mine:  # a round in which either failed is left out
+        n, b = m["round"], bare_of.get(m["round"])
+        if b is None:
+            continue
         ratio = m["single"]["cpu_per_request_us"] / b["single"]["cpu_per_request_us"]
         ratios.append(ratio)
         lines.append(f"| {n} | {m['single']['cpu_per_request_us']:,.0f} "
                      f"| {fmt(m['single'].get('redis_cpu_per_request_us'))} "
                      f"| {b['single']['cpu_per_request_us']:,.0f} | {ratio:.2f} |")
-    lines.append(f"| median | | | | **{statistics.median(ratios):.2f}** |")
+    lines.append(f"| median | | | | **{fmt(statistics.median(ratios) if ratios else None, '.2f')}** |")
     return lines
 
 
@@ -803,7 +807,8 @@ def main() -> None:
                     server = make(name, redis.url, 0)
                     try:
                         server.start()
-                        rounds.setdefault(label, []).append(publish_rate(server, args, redis_pid=redis.proc.pid))
+                        result = {"round": round_no, **publish_rate(server, args, redis_pid=redis.proc.pid)}
+                        rounds.setdefault(label, []).append(result)
                         print("   ", rounds[label][-1], flush=True)
                     except Exception as exc:
                         print(f"    publish bench failed: {type(exc).__name__}: {exc}", flush=True)
