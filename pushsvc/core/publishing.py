@@ -168,3 +168,15 @@ async def publish_request(
     if not batch and len(answer) == 1:
         result["id"] = answer[0]["id"]
     return result, 202, headers
+
+
+def answer_bytes(result: dict[str, Any]) -> bytes:
+    """`json_bytes` of `publish_request`'s answer, formatted directly: its keys are known and
+    sorted, channel names (`CHANNEL_RE`) and ids are ASCII that JSON needs not escape."""
+    events = b",".join(
+        b'{"channel":"%s","id":"%s"}' % (item["channel"].encode("ascii"), item["id"].encode("ascii"))
+        for item in result["events"]
+    )
+    if "id" in result:
+        return b'{"events":[%s],"id":"%s"}\n' % (events, result["id"].encode("ascii"))
+    return b'{"events":[%s]}\n' % events
