@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from array import array
 from pathlib import Path
 from typing import Any
@@ -533,6 +534,24 @@ async def _publish_load(server: Server, batch: int, duration: float, conns: int)
     return done
 
 
+def pipeline_counters(server: Server) -> tuple[float, float] | None:
+    """pushsvc's (publish pipelines sent to Redis, requests they carried), from /metrics."""
+    if not isinstance(server, Pushsvc) or server.variant:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return None
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines()
+                  if line.startswith("pushsvc_redis_publish_pipeline"))
+    try:
+        return (float(values["pushsvc_redis_publish_pipelines_total"]),
+                float(values["pushsvc_redis_publish_pipeline_requests_total"]))
+    except (KeyError, ValueError):
+        return None
+
+
 def publish_rate(server: Server, args: argparse.Namespace, redis_pid: int | None = None) -> dict[str, Any]:
     """Requests/s and server CPU per request (the server's process tree), with Redis's own CPU
     per request beside it (`redis_pid`; not part of the server's figure)."""
@@ -542,6 +561,7 @@ def publish_rate(server: Server, args: argparse.Namespace, redis_pid: int | None
     batches = [1, 100] if isinstance(server, Pushsvc) and not server.variant else [1]
     for batch in batches:
         spy = profiler(server, args, f"{server.name}-publish-{batch}")
+        pipelines0 = pipeline_counters(server)
         cpu0 = tree_cpu_seconds(server.pid)
         redis0 = tree_cpu_seconds(redis_pid) if redis_pid else 0.0
         t0 = time.monotonic()
@@ -554,6 +574,9 @@ def publish_rate(server: Server, args: argparse.Namespace, redis_pid: int | None
         out[key] = {"requests_per_s": done / took, "events_per_s": done * batch / took,
                     "cpu_per_request_us": cpu / max(done, 1) * 1e6,
                     "redis_cpu_per_request_us": redis_cpu / max(done, 1) * 1e6}
+        pipelines = pipeline_counters(server)
+        if pipelines and pipelines0 and pipelines[0] > pipelines0[0]:
+            out[key]["requests_per_pipeline"] = (pipelines[1] - pipelines0[1]) / (pipelines[0] - pipelines0[0])
     return out
 
 

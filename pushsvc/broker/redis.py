@@ -228,7 +228,7 @@ class RedisBroker:
         self.client = aioredis.Redis(connection_pool=self._pool)
         self._pipelines = ScriptPipelines(url, timeout_seconds, PUBLISH_LUA)
         self._prepare: asyncio.Task[None] | None = None
-        self._batcher = Batcher(
+        self.batcher = Batcher(
             self._pipelines.send, max_copies=max_copies(timeout_seconds), timeout=timeout_seconds,
             in_flight=PUBLISH_PIPELINES,
         )
@@ -260,7 +260,7 @@ class RedisBroker:
         )
 
     async def stop(self) -> None:
-        self._batcher.cancel()
+        self.batcher.cancel()
         if self._prepare is not None:
             self._prepare.cancel()
         await self._loop.stop()
@@ -285,7 +285,7 @@ class RedisBroker:
         # A fresh epoch per channel (used only if the channel has none yet): epochs must differ
         # between channels, or a resume id replayed against another channel set could pass.
         calls = calls_for(events, idempotency, self.history_size, self.history_ttl_seconds, new_epoch)
-        ids, replayed = read_replies(await self._batcher.submit(calls, copies(events)))
+        ids, replayed = read_replies(await self.batcher.submit(calls, copies(events)))
         return Published(ids, replayed)
 
     async def position(self, channel: str) -> Position:
