@@ -105,8 +105,10 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite
 def loads(raw: bytes | str) -> Any:
     """Strict JSON: UTF-8 only (json.loads would take UTF-16/32 bytes), no NaN/Infinity
     (a browser's JSON.parse would choke on them)."""
-    if isinstance(raw, bytes | bytearray | memoryview):
-        raw = bytes(raw).decode("utf-8")  # UnicodeDecodeError is a ValueError
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8")  # UnicodeDecodeError is a ValueError
+    elif not isinstance(raw, str):  # bytearray, memoryview
+        raw = bytes(raw).decode("utf-8")
     if raw.startswith("\ufeff"):  # as json.loads
         raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", raw, 0)
     return _DECODER.decode(raw)
@@ -166,7 +168,7 @@ def event_from_json(obj: object, limits: Limits | int) -> Event:
         limits = Limits(max_event_bytes=limits)
     if not isinstance(obj, dict):
         raise EventError("invalid_event", "each event must be a JSON object")
-    unknown = set(obj) - EVENT_FIELDS
+    unknown = () if EVENT_FIELDS.issuperset(obj) else set(obj) - EVENT_FIELDS
     if unknown:
         raise EventError("invalid_event", f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
     if "data" not in obj:
@@ -180,7 +182,7 @@ def event_from_json(obj: object, limits: Limits | int) -> Event:
         channels = tuple(dict.fromkeys(check_channel(c) for c in raw_channels))
     else:
         channels = (check_channel(raw_channels),)
-    if not _depth_ok(obj["data"], MAX_JSON_DEPTH):
+    if isinstance(obj["data"], dict | list) and not _depth_ok(obj["data"], MAX_JSON_DEPTH):
         raise EventError("invalid_data", f"data is nested deeper than {MAX_JSON_DEPTH} levels")
     key = obj.get("idempotency_key")
     data, type_ = obj["data"], check_event_type(obj.get("type"))

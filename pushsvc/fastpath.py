@@ -194,7 +194,7 @@ class FastPath:
                 except Exception:  # pragma: no cover - headers Hypercorn accepted; Quart will answer
                     plain = None
                 if plain is not None:
-                    await self._publish(plain, receive, send)
+                    await self._publish(plain, receive, send, scope.get(RAW_SEND_KEY, send))
                     return
         if scope["type"] == "http" and not _utf8(scope.get("query_string", b"")):
             # Quart's URL matching decodes the query string unguarded: it would crash (500).
@@ -207,7 +207,7 @@ class FastPath:
     # -- POST /publish -------------------------------------------------------------------
 
     async def _publish(
-        self, plain: tuple[str | None, str | None, str | None], receive: Receive, send: Send
+        self, plain: tuple[str | None, str | None, str | None], receive: Receive, send: Send, raw_send: Send
     ) -> None:
         authorization, content_type, idempotency_key = plain
 
@@ -232,15 +232,18 @@ class FastPath:
             log.exception("unexpected error")
             await self._answer(send, *render_error(internal_error()))
         else:
-            await self._answer(send, status, headers, answer_bytes(result))
+            await self._answer(send, status, headers, answer_bytes(result), raw_send)
 
     @staticmethod
-    async def _answer(send: Send, status: int, headers: dict[str, str], body: bytes) -> None:
-        """A JSON answer, with the headers Quart would give it."""
+    async def _answer(
+        send: Send, status: int, headers: dict[str, str], body: bytes, send_body: Send | None = None
+    ) -> None:
+        """A JSON answer, with the headers Quart would give it; `send_body`: the server's own
+        ``send`` for the body (only the start message needs the request-id wrapper)."""
         start = [(b"content-type", JSON_TYPE.encode()), (b"content-length", str(len(body)).encode())]
         start += [(key.lower().encode(), value.encode()) for key, value in headers.items()]
         await send({"type": "http.response.start", "status": status, "headers": start})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        await (send_body or send)({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _read_body(self, receive: Receive) -> bytes:
         """The request body: every ``http.request`` message until ``more_body`` is false
