@@ -577,7 +577,30 @@ def publish_rate(server: Server, args: argparse.Namespace, redis_pid: int | None
         pipelines = pipeline_counters(server)
         if pipelines and pipelines0 and pipelines[0] > pipelines0[0]:
             out[key]["requests_per_pipeline"] = (pipelines[1] - pipelines0[1]) / (pipelines[0] - pipelines0[0])
+    if isinstance(server, Pushsvc) and not server.variant and redis_pid:
+        out["publisher"] = publisher_rate(server.redis_url, args.publish_seconds, redis_pid)
     return out
+
+
+def publisher_rate(redis_url: str, duration: float, redis_pid: int) -> dict[str, Any]:
+    """`pushsvc.publisher.Publisher` straight into Redis, one event per call in a loop (what a
+    backend's request handler or worker does): events/s, the publisher's own CPU per event
+    and Redis's; the pushsvc server does no work for it until the event is delivered."""
+    from pushsvc.publisher import Publisher
+
+    publisher = Publisher(url=redis_url)
+    try:
+        publisher.publish(CHANNEL, payload(0))  # connected, script loaded
+        done, cpu0, redis0, t0 = 0, time.process_time(), tree_cpu_seconds(redis_pid), time.monotonic()
+        while time.monotonic() - t0 < duration:
+            publisher.publish(CHANNEL, payload(done))
+            done += 1
+        took, cpu = time.monotonic() - t0, time.process_time() - cpu0
+        redis_cpu = tree_cpu_seconds(redis_pid) - redis0
+    finally:
+        publisher.close()
+    return {"events_per_s": done / took, "publisher_cpu_per_event_us": cpu / max(done, 1) * 1e6,
+            "redis_cpu_per_event_us": redis_cpu / max(done, 1) * 1e6}
 
 
 # -- report ------------------------------------------------------------------------------
@@ -628,7 +651,7 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {s['requests_per_s']:,.0f} | {s['cpu_per_request_us']:,.0f} "
                          f"| {fmt(s.get('redis_cpu_per_request_us'))} | {fmt(b.get('events_per_s'))} "
                          f"| {fmt(b.get('cpu_per_request_us'))} | {fmt(b.get('redis_cpu_per_request_us'))} |")
-        lines += publish_against_bare(report)
+        lines += publish_against_bare(report) + publish_paths(report)
     lines += targets(report)
     ratios = report.get("ratios")
     if ratios:
@@ -668,6 +691,28 @@ def publish_against_bare(report: dict[str, Any]) -> list[str]:
                      f"| {fmt(m['single'].get('redis_cpu_per_request_us'))} "
                      f"| {b['single']['cpu_per_request_us']:,.0f} | {ratio:.2f} |")
     lines.append(f"| median | | | | **{fmt(statistics.median(ratios) if ratios else None, '.2f')}** |")
+    return lines
+
+
+def publish_paths(report: dict[str, Any]) -> list[str]:
+    """pushsvc's three publish paths in this run: rates and CPU per event where it is spent."""
+    p = report["publish"].get("pushsvc")
+    if not p or "publisher" not in p:
+        return []
+    single, batch, pub = p["single"], p.get("batch100"), p["publisher"]
+    lines = ["", "### Which publish path at which rate (pushsvc, this run)", "",
+             "| path | events/s | pushsvc CPU/event µs | Redis CPU/event µs | publisher CPU/event µs "
+             "| events/s per core of pushsvc |",
+             "|---|---|---|---|---|---|"]
+    lines.append(f"| single POST /publish (16 connections) | {single['events_per_s']:,.0f} "
+                 f"| {single['cpu_per_request_us']:,.0f} | {fmt(single.get('redis_cpu_per_request_us'))} | - "
+                 f"| {1e6 / single['cpu_per_request_us']:,.0f} |")
+    if batch:
+        lines.append(f"| POST /publish, arrays of 100 (16 connections) | {batch['events_per_s']:,.0f} "
+                     f"| {batch['cpu_per_request_us'] / 100:,.1f} | {batch['redis_cpu_per_request_us'] / 100:,.1f} "
+                     f"| - | {100e6 / batch['cpu_per_request_us']:,.0f} |")
+    lines.append(f"| pushsvc.publisher into Redis (one loop) | {pub['events_per_s']:,.0f} | 0 "
+                 f"| {pub['redis_cpu_per_event_us']:,.1f} | {pub['publisher_cpu_per_event_us']:,.0f} | - |")
     return lines
 
 
