@@ -4,11 +4,11 @@ answer.
 Every publish request is a list of script calls (`scripts.calls_for`).  `Batcher.submit`
 queues a request's calls and waits for their replies; the queued requests go to Redis
 together, in one pipeline, as soon as fewer than `in_flight` pipelines are waiting for
-Redis.  So a quiet service sends each request at once (the flush is a ``call_soon``, the
-end of the current loop iteration), and a busy one sends one pipeline per Redis round trip
-with everything that arrived meanwhile: self-clocked, no timer, no added wait while Redis
-keeps up.  Measured with 16 concurrent single-event publishers, this roughly doubled the
-requests per pipeline compared with a flush per loop iteration.
+Redis.  So a quiet service sends each request at once (the flush is a callback at the end
+of the next loop iteration), and a busy one sends one pipeline per Redis round trip with
+everything that arrived meanwhile: self-clocked, no timer, no added wait while Redis keeps
+up.  Measured with 16 concurrent single-event publishers (`bench/sse_bench.py --only
+publish`): about 8 requests per pipeline.
 
 What each request keeps, whatever shares its pipeline:
 
@@ -77,11 +77,16 @@ class Batcher:
         batch.copies += copies
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._flush)
+            loop.call_soon(loop.call_soon, self._flush)  # see `_flush`
         return await done
 
     def _flush(self) -> None:
-        """Send queued batches while fewer than `in_flight` pipelines wait for Redis."""
+        """Send queued batches while fewer than `in_flight` pipelines wait for Redis.
+
+        Scheduled two callbacks away from the first request of a batch (one more loop
+        iteration): the requests whose bytes arrived in the next read of the sockets reach
+        the broker then and leave in the same pipeline.  Measured with 16 concurrent
+        publishers: 8 requests per pipeline instead of 6, and 8% less CPU per request."""
         self._scheduled = False
         loop = asyncio.get_running_loop()
         while self._queue and self._sending < self.in_flight:

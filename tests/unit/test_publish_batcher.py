@@ -155,3 +155,13 @@ async def test_cancel_cancels_the_waiting_callers():
     for waiter in (sent, queued):
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(waiter, 5)
+
+
+async def test_a_request_that_reaches_the_broker_one_loop_iteration_later_joins_the_pipeline():
+    sender = Sender()
+    b = batcher(sender)
+    first = asyncio.ensure_future(b.submit([call("first")], 1))
+    await asyncio.sleep(0)  # "first" is queued; its bytes were read in the previous poll
+    second = asyncio.ensure_future(b.submit([call("second")], 1))  # read in this one
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert sender.pipelines == [["first", "second"]]
