@@ -59,6 +59,7 @@ from loadgen import (  # noqa: E402
     ClientProcess,
     HttpClient,
     RedisPublisher,
+    process_tree,
     tree_cpu_seconds,
     tree_rss_bytes,
 )
@@ -70,6 +71,7 @@ CHANNEL = "bench"
 TOKEN = "bench-token"
 PAD = "x" * 64
 STREAMS_PER_CLIENT = 5000
+ALL_CPUS = sorted(os.sched_getaffinity(0))  # before --pin narrows this process's own
 
 
 def payload(seq: int) -> str:
@@ -534,6 +536,18 @@ async def _publish_load(server: Server, batch: int, duration: float, conns: int)
     return done
 
 
+def pin_publish_phase(server_pid: int, redis_pid: int) -> None:
+    """--pin: the server's processes on the last CPU, the load generator (this process) and
+    Redis on the others, so the server does not share its core with its own load."""
+    cpus = ALL_CPUS
+    if len(cpus) < 2:
+        return
+    for pid in process_tree(server_pid):
+        os.sched_setaffinity(pid, {cpus[-1]})
+    for pid in (0, redis_pid):
+        os.sched_setaffinity(pid, set(cpus[:-1]))
+
+
 def pipeline_counters(server: Server) -> tuple[float, float] | None:
     """pushsvc's (publish pipelines sent to Redis, requests they carried), from /metrics."""
     if not isinstance(server, Pushsvc) or server.variant:
@@ -795,6 +809,8 @@ def main() -> None:
     parser.add_argument("--max-rate", type=int, default=12800)
     parser.add_argument("--step-seconds", type=float, default=3.0)
     parser.add_argument("--publish-seconds", type=float, default=4.0)
+    parser.add_argument("--pin", action="store_true",
+                        help="publish phase: the server on one CPU, this load generator and Redis on the others")
     parser.add_argument("--rounds", type=int, default=1,
                         help="publish phase: run it this many times, the servers alternating; report the "
                              "median round (and the median pushsvc/bare ratio of single-event CPU)")
@@ -876,6 +892,8 @@ def main() -> None:
                         server = make(name, redis.url, 0)
                         try:
                             server.start()
+                            if args.pin:
+                                pin_publish_phase(server.pid, redis.proc.pid)
                             result = {"round": round_no, **publish_rate(server, args, redis_pid=redis.proc.pid)}
                             rounds.setdefault(label, []).append(result)
                             print("   ", rounds[label][-1], flush=True)
