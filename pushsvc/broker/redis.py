@@ -14,9 +14,10 @@ id, whatever it carries).  A channel counts as subscribed once both are confirme
 and formats: `pushsvc.wire`.
 
 Publishing: every request is one script call per event (`scripts.py`), each carrying an
-idempotency record, so any retry is harmless.  A failure before the pipeline is sent (no
-connection from the pool, cannot connect) is `BrokerUnavailable` (nothing stored); after
-it was sent, `OutcomeUnknown`.
+idempotency record, so any retry is harmless.  Concurrent requests share pipelines
+(`batcher.py`), sent on the publish connection of their own (`ScriptPipelines`, one per
+pipeline in flight: one).  A failure before the pipeline is sent (cannot connect) is
+`BrokerUnavailable` (nothing stored); after it was sent, `OutcomeUnknown`.
 
 The pub/sub connection is driven by hand (`pubsub.PubSubLoop`, not redis-py's `PubSub`,
 which re-subscribes silently after a reconnect and so hides gaps); every confirmation is
