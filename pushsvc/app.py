@@ -75,9 +75,12 @@ def create_app(settings: Settings | None = None) -> Quart:
         history_size=settings.history_size,
         history_ttl_seconds=settings.history_ttl_seconds,
         **({"timeout_seconds": settings.redis_timeout_seconds} if settings.uses_redis else {}),
+        **({"refresh_interval_seconds": settings.redis_cluster_refresh_seconds}
+           if settings.redis_cluster_nodes else {}),
     )
     hub = Hub(broker, metrics, keepalive_seconds=settings.keepalive_seconds,
-              write_timeout_seconds=settings.write_timeout_seconds)
+              write_timeout_seconds=settings.write_timeout_seconds,
+              write_delay_seconds=settings.write_delay_ms / 1000)
     rt = app.extensions["pushsvc"] = Runtime(settings, broker, hub, metrics)
     app.extensions["pushsvc.auth"] = Authority(settings)
     cors.install(app, settings.cors_origins)

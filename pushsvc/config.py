@@ -96,8 +96,14 @@ class Settings:
     )
     redis_cluster_nodes: tuple[str, ...] = _setting(
         (), _list, "Redis Cluster seed URLs, comma-separated (`redis://10.0.0.1:7000,redis://10.0.0.2:7000`; "
-        "`rediss://` and `redis://:password@` accepted). Channels are spread over the shards; raw "
+        "`rediss://` and `redis://:password@` accepted; the first seed's password and TLS options, such as "
+        "`rediss://10.0.0.1:7000?ssl_ca_certs=/etc/pushsvc/redis-ca.pem`, apply to every node). Channels are "
+        "spread over the shards; raw "
         "publishers must use `SPUBLISH`. Not together with `PUSHSVC_REDIS_URL`.", secret=True
+    )
+    redis_cluster_refresh_seconds: float = _setting(
+        1.0, _float_range(0.1, 3600), "Redis Cluster: read the topology (`CLUSTER SLOTS`) this often; it is "
+        "also read at once when a node redirects a command, drops a subscription or a connection is lost."
     )
     publish_tokens: tuple[str, ...] = _setting(
         (), _list, "Comma-separated bearer tokens accepted by `POST /publish`.", secret=True
@@ -167,6 +173,13 @@ class Settings:
         30.0, _float_range(0, 86400), "A stream whose pending write has not completed after this "
         "long is ended (reason `write_timeout`) and its queue and session released, without waiting "
         "for `TCP_USER_TIMEOUT` (0: no deadline)."
+    )
+    write_delay_ms: int = _setting(
+        0, _int_range(0, 1000), "Coalescing window per stream: a stream that has just written waits up "
+        "to this long to collect further events into one write (one write per window instead of one per "
+        "event: less CPU for streams receiving many events per second, at most this much added latency). "
+        "A write still goes out at once when it reaches the per-write byte cap or half the queue bound; "
+        "heartbeats and stream ends are never delayed (0: every event written at once)."
     )
     drain_seconds: float = _setting(
         2.0, _float_range(0, 300), "On SIGTERM, how long `pushsvc serve` waits for streams to "

@@ -57,6 +57,8 @@ COUNTER_HELP = {
     "events_received": "Events received from the broker (once per process, before fan-out).",
     "events_delivered": "Events written to streams.",
     "events_replayed": "Events replayed from history on resume or after a gap.",
+    "stream_writes": "Stream body chunks handed to the server (deliveries per write: the coalescing "
+                     "of PUSHSVC_WRITE_DELAY_MS and of queues under load).",
     "resets_sent": "pushsvc.reset events sent (id too old, history lost, unreadable id).",
     "invalid_messages": "Broker messages dropped because they could not be parsed.",
     "slow_consumer_disconnects": "Streams ended because their queue overflowed.",
@@ -69,6 +71,8 @@ COUNTER_HELP = {
     "redis_shard_messages": "Redis Cluster: messages read on the shard's sharded pub/sub connection.",
     "redis_shard_reconnects": "Redis Cluster: times the shard's pub/sub connection was lost and re-established.",
     "redis_shard_resubscriptions": "Redis Cluster: channels moved to this shard (failover, slot moved).",
+    "redis_shard_failovers_proven": "Redis Cluster: failovers to this shard proven lossless (channels kept their ids).",
+    "redis_shard_failovers_unproven": "Redis Cluster: master changes to this shard not proven lossless (resets).",
     "auth_calls": "Calls to the app's authorisation callback (PUSHSVC_AUTH_URL).",
     "auth_denials": "Subscriptions the app refused (401/403, or a channel left out).",
     "auth_errors": "Callback calls that failed (unreachable, timeout, unexpected answer): refused for now.",

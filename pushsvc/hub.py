@@ -15,6 +15,17 @@ need the same page at once.
 One ticker task serves every stream: heartbeats for idle ones, token expiry, the write
 deadline (a stream whose write has been pending for `write_timeout_seconds` is ended), and
 unsubscribing channels that nobody has listened to for `linger_seconds`.
+
+Coalesced writes (``PUSHSVC_WRITE_DELAY_MS``, `write_delay_seconds` > 0): a stream that
+starts a write *cools* (`Hub.cool`): until its flush instant, at most the delay later, what
+arrives for it does not wake it, so it leaves in one write.  A one-channel stream is parked
+in its channel's `coalesce.ChannelLog` meanwhile (the fan-out skips it: the frame is logged
+once for all parked streams); a multi-channel one keeps receiving frames in its queue
+(`StreamQueue.push`).  Cooling streams wait in one bucket per flush instant (instants on a
+grid of a quarter of the delay), and one loop timer per bucket wakes every due stream that
+has something queued: no timer per stream or per write.  A control item (heartbeat, sync,
+close, overflow, expiry) ends the cooling at once, and so do frames reaching the per-write
+byte cap (`TAKE_MAX_BYTES`) or half the queue's bound (`StreamQueue.ripe`, `ChannelLog.append`).
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from typing import Any
 
 from . import gcpolicy
 from .broker import Broker, BrokerUnavailable, History
+from .coalesce import ChannelLog, Mark
 from .cursor import CLOSE, ENDING, EXPIRED, OVERFLOW, PING, Control, Sync
 from .events import EventError, Frame, parse_message
 from .hub_state import ChannelSync
@@ -34,6 +46,12 @@ from .metrics import Metrics
 from .resume import Position
 
 __all__ = ["CLOSE", "ENDING", "EXPIRED", "OVERFLOW", "PING", "TAKE_MAX_BYTES", "Control", "Hub", "StreamQueue", "Sync"]
+
+#: Flush instants of cooling streams lie on a grid of this fraction of the write delay: a
+#: stream cools for between 3/4 of the delay and the whole delay after its write started.
+COOL_GRID_PARTS = 4
+#: Finest grid (seconds): asyncio's and uvloop's timers have about millisecond resolution.
+COOL_GRID_MIN_SECONDS = 0.001
 
 log = logging.getLogger("pushsvc.hub")
 
@@ -49,10 +67,13 @@ class StreamQueue:
     __slots__ = (
         "aborted",
         "channels",
+        "cooled_in",
+        "cooling",
         "cut",
         "expires_at",
         "items",
         "last_write",
+        "mark",
         "max_bytes",
         "max_items",
         "nbytes",
@@ -78,6 +99,12 @@ class StreamQueue:
         self.task: asyncio.Task[Any] | None = None
         self.writing_since = 0.0
         self.aborted: str | None = None  # why `interrupt` ended the stream
+        # Set by `Hub.cool`: the flush instant (bucket key) until which queued frames do not
+        # wake the stream; 0: not cooling (always, with no write delay).
+        self.cooling = 0
+        # While parked (a cooling one-channel stream): the channel's log holding its frames.
+        self.cooled_in: ChannelLog | None = None
+        self.mark: Mark | None = None
 
     def push(self, frame: Frame) -> bool:
         """Queue a frame; False (and the stream is cut) if the subscriber is over its bound."""
@@ -85,18 +112,37 @@ class StreamQueue:
             return False
         size = len(frame.single)
         if len(self.items) >= self.max_items or self.nbytes + size > self.max_bytes:
-            self.cut = True
-            self.items.clear()
-            self.nbytes = 0
-            self.items.append(OVERFLOW)
-            self._wake()
-            if self.writing_since:  # stuck in a write: it would never read the OVERFLOW
-                self.interrupt("slow_consumer")
+            self.overflow()
             return False
         self.items.append(frame)
         self.nbytes += size
+        if self.cooling:  # the only cost of the write delay here, and 0 without one
+            if not self.ripe():
+                return True
+            self.cooling = 0
         self._wake()
         return True
+
+    def overflow(self) -> None:
+        """Over its bound: the stream is cut, and ends with an OVERFLOW item."""
+        self.cut = True
+        self.items.clear()
+        self.nbytes = 0
+        self.items.append(OVERFLOW)
+        self.cooling = 0
+        self._wake()
+        if self.writing_since:  # stuck in a write: it would never read the OVERFLOW
+            self.interrupt("slow_consumer")
+
+    def over_bound(self) -> bool:
+        return len(self.items) > self.max_items or self.nbytes > self.max_bytes
+
+    def ripe(self) -> bool:
+        """Enough is queued to write at once, cooling or not: the per-write byte cap, or half
+        the queue's bound (a delay must not be what makes a queue overflow)."""
+        nbytes = self.nbytes
+        return (nbytes >= TAKE_MAX_BYTES or 2 * nbytes >= self.max_bytes
+                or 2 * len(self.items) >= self.max_items)
 
     def interrupt(self, reason: str) -> None:
         """End the stream now, although a write of it is pending: cancel the task waiting
@@ -109,8 +155,13 @@ class StreamQueue:
             task.cancel()
 
     def push_control(self, item: Control | Sync) -> None:
+        """Queue a control item: it wakes the stream at once, cooling or not (after the
+        frames parked for it, in their order)."""
         if not self.cut:
+            if self.cooled_in is not None:
+                self.cooled_in.unpark(self)
             self.items.append(item)
+            self.cooling = 0
             self._wake()
 
     def _wake(self) -> None:
@@ -170,6 +221,10 @@ class StreamQueue:
 @dataclass(slots=True)
 class _Channel:
     subscribers: set[StreamQueue] = field(default_factory=set)
+    # The fan-out's set: `subscribers` itself without a write delay; with one, the
+    # subscribers but those parked in `log` (see `pushsvc.coalesce`).
+    awake: set[StreamQueue] = field(default_factory=set)
+    log: ChannelLog | None = None
     sync: ChannelSync = field(default_factory=ChannelSync)
     idle_since: float | None = None
     history: _SharedRead | None = None
@@ -204,6 +259,7 @@ class Hub:
         linger_seconds: float = 2.0,
         tick_seconds: float = 1.0,
         write_timeout_seconds: float = 0.0,
+        write_delay_seconds: float = 0.0,
     ) -> None:
         self.broker = broker
         self.metrics = metrics
@@ -211,6 +267,9 @@ class Hub:
         self.linger = linger_seconds
         self.tick = min(tick_seconds, keepalive_seconds / 2)
         self.write_timeout = write_timeout_seconds  # 0: no deadline
+        self.write_delay = write_delay_seconds  # 0: every chunk written at once (no cooling)
+        self._grid = max(write_delay_seconds / COOL_GRID_PARTS, COOL_GRID_MIN_SECONDS)
+        self._cooling: dict[int, list[StreamQueue]] = {}  # flush instant (grid index) -> streams
         self._channels: dict[str, _Channel] = {}
         self._subscribers: set[StreamQueue] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -268,9 +327,10 @@ class Hub:
         for channel in sub.channels:
             state = self._channels.get(channel)
             if state is None:
-                state = self._channels[channel] = _Channel()
+                state = self._channels[channel] = self._new_channel()
                 self.broker.subscribe(channel)
             state.subscribers.add(sub)
+            state.awake.add(sub)
             state.idle_since = None
             if state.sync.synced:
                 sub.push_control(Sync(channel, state.sync.position))
@@ -283,12 +343,23 @@ class Hub:
         if not self._subscribers:
             self._empty.set()
 
+    def _new_channel(self) -> _Channel:
+        state = _Channel()
+        if self.write_delay:
+            state.log = ChannelLog(state.awake, TAKE_MAX_BYTES)
+        else:
+            state.awake = state.subscribers  # one set: the fan-out is every subscriber
+        return state
+
     def _detach(self, sub: StreamQueue) -> None:
         now = time.monotonic()
+        if sub.cooled_in is not None:
+            sub.cooled_in.drop(sub)
         for channel in sub.channels:
             state = self._channels.get(channel)
             if state is not None:
                 state.subscribers.discard(sub)
+                state.awake.discard(sub)
                 if not state.subscribers:
                     state.idle_since = now
 
@@ -308,9 +379,17 @@ class Hub:
             state.sync.live(Position(frame.epoch, frame.seq))
         self.metrics.events_received += 1
         cut: list[StreamQueue] = []
-        for sub in state.subscribers:
+        for sub in state.awake:
             if not sub.push(frame):
                 cut.append(sub)
+        parked = state.log
+        if parked is not None and parked.parked and parked.append(frame):
+            for sub in parked.unpark_all():  # ripe: write at once
+                if sub.over_bound():  # one frame larger than half the bound did it
+                    sub.overflow()
+                    cut.append(sub)
+                else:
+                    sub.wake()
         if cut:
             for sub in cut:
                 self._detach(sub)
@@ -383,6 +462,41 @@ class Hub:
             done.set_result(None)
             if state.history_pending is done:
                 state.history_pending = None
+
+    # -- coalesced writes --------------------------------------------------------------
+
+    def cool(self, sub: StreamQueue, since: float) -> None:
+        """`sub` starts a write taken at `since` (``time.monotonic()``): until its flush
+        instant -- the last grid point at or before ``since + write_delay`` -- frames queued
+        for it wait (see `StreamQueue.push`).  Not if frames are still queued: the write
+        took what the byte cap allows of a backlog, whose rest follows at once.  Only
+        called with a write delay."""
+        if sub.items:
+            return
+        grid = self._grid
+        key = int((since + self.write_delay) / grid)
+        sub.cooling = key
+        if sub.cooled_in is None and len(sub.channels) == 1:
+            state = self._channels.get(sub.channels[0])
+            if state is not None and state.log is not None and sub in state.awake:
+                state.log.park(sub)
+        bucket = self._cooling.get(key)
+        if bucket is not None:
+            bucket.append(sub)
+            return
+        self._cooling[key] = [sub]
+        asyncio.get_running_loop().call_later(key * grid - time.monotonic(), self._flush_due, key)
+
+    def _flush_due(self, key: int) -> None:
+        """A flush instant: every stream still cooling until it stops cooling, and those
+        with frames queued wake (the others wake on their next frame, as usual)."""
+        for sub in self._cooling.pop(key, ()):
+            if sub.cooling == key:
+                sub.cooling = 0
+                if sub.cooled_in is not None:
+                    sub.cooled_in.unpark(sub)
+                if sub.items:
+                    sub.wake()
 
     # -- ticker ------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ class Metrics:
     events_received: int = 0
     events_delivered: int = 0
     events_replayed: int = 0
+    stream_writes: int = 0  # body chunks handed to the server (one transport write each)
     resets_sent: int = 0
     invalid_messages: int = 0
     slow_consumer_disconnects: int = 0

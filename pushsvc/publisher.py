@@ -9,7 +9,10 @@ unless a `url` or a `client` is given; on Redis Cluster pass `cluster_nodes=` (s
 set ``PUSHSVC_REDIS_CLUSTER_NODES``: each channel's copy of an event is then one script call
 on its channel's shard (``SPUBLISH``), as the service does.  History size and TTL come from
 ``PUSHSVC_HISTORY_SIZE`` / ``PUSHSVC_HISTORY_TTL_SECONDS`` (defaults 1000 / 3600) and must
-match the service's.
+match the service's.  Right after a cluster failover a call may be answered "pending"
+until a pushsvc service has recorded whether the failover lost writes: the publisher retries
+it (at most `PENDING_SECONDS`), so a publish then takes a little longer, never resets a
+channel that a planned failover kept intact.
 
 Every event goes through the same validation as ``POST /publish`` (`events.event_from_json`:
 size ``PUSHSVC_MAX_EVENT_BYTES``, nesting depth, channel count, reserved types, retry up to
@@ -22,7 +25,9 @@ redis-py's own retry of a call never stores it twice.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -33,12 +38,14 @@ import redis.asyncio.cluster as aiocluster
 import redis.cluster
 
 from .broker import new_epoch
+from .broker.failover import GRACE_SECONDS
 from .broker.scripts import (
     PUBLISH_LUA,
     Idempotency,
     IdempotencyConflict,
     calls_for,
     cluster_calls_for,
+    is_pending,
     publish_lua,
     read_replies,
 )
@@ -58,6 +65,9 @@ def _url(url: str | None) -> str:
 
 
 CLUSTER_PUBLISH_LUA = publish_lua("SPUBLISH", guard_failover=True)
+#: On a cluster, how long a call the failover guard answers "pending" is retried (the
+#: shard's master just changed and no verdict on its failover is recorded yet).
+PENDING_SECONDS = GRACE_SECONDS + 2.0
 
 
 def _cluster_seeds(url: str | None, client: object, cluster_nodes: str | Sequence[str] | None) -> list[str]:
@@ -72,13 +82,22 @@ def _cluster_seeds(url: str | None, client: object, cluster_nodes: str | Sequenc
     return [seed.strip() for seed in cluster_nodes if seed.strip()]
 
 
+#: TLS options a ``rediss://`` seed may carry in its query (as for a single Redis URL).
+_TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
+
+
 def _cluster_options(seeds: list[str]) -> dict[str, Any]:
+    """Credentials and TLS options of the first seed, for every node."""
     first = urlsplit(seeds[0])
-    return dict(
+    options: dict[str, Any] = dict(
         username=unquote(first.username) if first.username else None,
         password=unquote(first.password) if first.password else None,
         ssl=first.scheme == "rediss",
     )
+    if first.scheme == "rediss" and first.query:
+        parsed = redis.connection.parse_url(seeds[0])  # type: ignore[no-untyped-call]
+        options.update({name: parsed[name] for name in _TLS_OPTIONS if name in parsed})
+    return options
 
 
 def _startup(seed: str) -> tuple[str, int]:
@@ -129,6 +148,8 @@ class _Base:
 
 
 def _ids(replies: list[Any]) -> list[str]:
+    if any(is_pending(reply) for reply in replies):
+        raise redis.exceptions.TryAgainError("redis cluster: no failover verdict in time; nothing was stored")
     return [i for ids in read_replies(replies)[0] for i in ids]
 
 
@@ -161,8 +182,15 @@ class Publisher(_Base):
     ) -> list[str]:
         """Publish one event; returns its id on each channel (the original ids when
         `idempotency_key` was used before; IdempotencyConflict for another event)."""
-        return _ids([self._script(keys=keys, args=args) for keys, args in self._calls(
-            channel, data, type, retry, idempotency_key)])
+        replies = []
+        for keys, args in self._calls(channel, data, type, retry, idempotency_key):
+            deadline = time.monotonic() + PENDING_SECONDS
+            reply = self._script(keys=keys, args=args)
+            while is_pending(reply) and time.monotonic() < deadline:  # a failover verdict is coming
+                time.sleep(0.02)
+                reply = self._script(keys=keys, args=args)
+            replies.append(reply)
+        return _ids(replies)
 
     def close(self) -> None:
         self.client.close()
@@ -192,8 +220,15 @@ class AsyncPublisher(_Base):
         self, channel: str | list[str], data: Any, type: str | None = None, retry: int | None = None,
         idempotency_key: str | None = None,
     ) -> list[str]:
-        calls = self._calls(channel, data, type, retry, idempotency_key)
-        return _ids([await self._script(keys=keys, args=args) for keys, args in calls])
+        replies = []
+        for keys, args in self._calls(channel, data, type, retry, idempotency_key):
+            deadline = time.monotonic() + PENDING_SECONDS
+            reply = await self._script(keys=keys, args=args)
+            while is_pending(reply) and time.monotonic() < deadline:  # a failover verdict is coming
+                await asyncio.sleep(0.02)
+                reply = await self._script(keys=keys, args=args)
+            replies.append(reply)
+        return _ids(replies)
 
     async def aclose(self) -> None:
         await self.client.aclose()

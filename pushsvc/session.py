@@ -103,11 +103,12 @@ class StreamSession:
         return (opening + chunk if chunk is not None else opening), done
 
     async def next_chunk(self) -> tuple[bytes | None, bool]:
-        """The next chunk of the body once something is queued or a catch-up has its next
-        page to read (None when that produced no bytes), and whether the stream ends with it."""
+        """The next chunk of the body once something is queued (and the stream's cooling
+        after its last write, if any, is over) or a catch-up has its next page to read (None
+        when that produced no bytes), and whether the stream ends with it."""
         if self.cursor.catching is None:
             sub = self.subscriber
-            while not sub.items:
+            while sub.cooling or not sub.items:  # cooling: see `Hub.cool` (never without a write delay)
                 await sub.arm()
             chunk = self._live_chunk()
             if chunk is not None:

@@ -15,15 +15,17 @@ channel is dropped from the old loop and subscribed on the new one; its confirma
 reported to the hub (`on_subscribed`), which resynchronises its streams from history exactly
 as after a reconnect.
 
-Failover honesty.  Replication is asynchronous: a promoted replica may lack acknowledged
-writes and would hand out sequence numbers already given.  The publish script (and the
-position read, `POSITION_LUA`) records in each channel's meta the replication id of the
-master that wrote it (``INFO replication`` is readable from Lua on Redis 7); a different
-master starts the channel afresh with a new epoch, so an id from before a failover never
-matches an event written after it and the streams get a ``pushsvc.reset``.  The promoted
-replica cannot tell a lossless failover from a lossy one, so *every* failover resets the
-shard's channels as they are next read or written (a slot migration too: the target's
-replication id differs).  Conservative, never silent.
+Failover honesty (`failover.py`).  Replication is asynchronous: a promoted replica may lack
+acknowledged writes and would hand out sequence numbers already given.  Every script call
+of a channel (publish, position, history) goes through a guard that compares the channel's
+``rid`` (the replication id of the master that last wrote it) with the current master's:
+a proven lossless predecessor keeps the epoch (streams catch up exactly), anything else
+starts the channel afresh with a new epoch (streams get a ``pushsvc.reset``).  When the
+refresher sees a slot's master change, a prover asks the old master whether it rejoined the
+new one by a partial resync (the proof), and records the verdict in the moved slots' proof
+hashes on the new master, where every caller's script reads it; until then the guard
+answers *pending* and calls are retried (bounded), so a planned failover resets nothing.
+A slot moved to another master (resharding) is not provable: its channels start afresh.
 
 Why not redis-py's cluster pub/sub.  ``redis.asyncio.cluster.ClusterPubSub`` keeps one
 `PubSub` per node and ``get_sharded_message`` polls them one after another, each with the
@@ -41,8 +43,9 @@ Raw publishers.  Only ``SPUBLISH <channel> <json>`` reaches ``/stream?channel=<c
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -66,13 +69,35 @@ from . import (
     queue_history_reads,
 )
 from .counting import SubscriberCounter
+from .failover import (
+    GRACE_SECONDS,
+    INFO_LUA,
+    PROOF_WINDOW_SECONDS,
+    RECORD_PROOF_LUA,
+    Replication,
+    lossless_successor,
+    proof_key,
+    proof_key_of_slot,
+)
 from .pubsub import SHARDED, UNAVAILABLE, PubSubLoop, route_message, text
-from .scripts import POSITION_LUA, Call, Idempotency, cluster_calls_for, max_copies, publish_lua, read_replies
+from .scripts import (
+    POSITION_LUA,
+    Call,
+    Idempotency,
+    cluster_calls_for,
+    is_pending,
+    max_copies,
+    publish_lua,
+    read_replies,
+)
 
 log = logging.getLogger("pushsvc.redis")
 
 SLOTS = 16384
+_READ_ATTEMPTS = 6  # of a read redirected while a slot moves (about 1 s of pauses in all)
 PUBLISH_SCRIPT = publish_lua("SPUBLISH", guard_failover=True)
+POSITION_SHA = hashlib.sha1(POSITION_LUA.encode("utf-8")).hexdigest()
+PENDING_RETRY_SECONDS = 0.02  # a call the guard answered "pending": a verdict takes ~10-150 ms
 _REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
 _Item = tuple[int, int, str, Call]  # event index, copy index, channel, script call
 _Waiting = tuple[list[_Item], "asyncio.Future[list[Any]]"]  # one request's calls on a shard, and their replies
@@ -118,6 +143,7 @@ class ClusterBroker:
         first = urlsplit(seeds[0])
         self._scheme = first.scheme
         self._userinfo = first.netloc.rsplit("@", 1)[0] + "@" if "@" in first.netloc else ""
+        self._query = f"?{first.query}" if first.query else ""  # TLS options (ssl_ca_certs=...) for every node
         self.history_size = history_size
         self.history_ttl_seconds = history_ttl_seconds
         self.timeout = timeout_seconds
@@ -139,6 +165,11 @@ class ClusterBroker:
         self._moved_in: dict[str, int] = {}
         self._evicted: set[str] = set()  # channels unrouted by a topology change, to place again
         self._past_reconnects = 0  # of shards' loops closed since
+        self._past: dict[str, dict[str, int]] = {}  # per shard: counts of its loops closed since
+        self._run_ids: dict[str, str] = {}  # master address -> run_id read while it was master
+        self._provers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._proofs: dict[str, dict[str, int]] = {}  # new master -> proven / unproven handovers
+        self._proven: dict[str, str] = {}  # new master -> its replication id, once proven and recorded
         self._batches: dict[tuple[str, bool], list[_Waiting]] = {}
         self._flushes: set[asyncio.Task[None]] = set()
         self.max_batch = max_copies(timeout_seconds)
@@ -163,6 +194,9 @@ class ClusterBroker:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
         await self._counter.stop()
+        for task in list(self._provers.values()):
+            task.cancel()
+        await asyncio.gather(*self._provers.values(), return_exceptions=True)
         for address in list(self._loops):
             await self._close_node(address)
 
@@ -184,11 +218,23 @@ class ClusterBroker:
         return self._past_reconnects + sum(loop.reconnects for loop in self._loops.values())
 
     def shards(self) -> dict[str, dict[str, int]]:
-        """Per shard (current masters): messages read, reconnects, channels moved in (/metrics)."""
-        return {
-            a: {"messages": lp.messages, "reconnects": lp.reconnects, "resubscriptions": self._moved_in.get(a, 0)}
-            for a, lp in self._loops.items()
-        }
+        """Per shard -- every address that was a master while this process ran, so a counter
+        never vanishes or goes down when its shard fails over or moves (``rate()`` would
+        read that as a reset): messages read, reconnects, channels moved in, failovers to it
+        proven lossless or not (/metrics)."""
+        figures: dict[str, dict[str, int]] = {}
+        for address in sorted({*self._past, *self._loops, *self._moved_in, *self._proofs}):
+            past = self._past.get(address, {})
+            loop = self._loops.get(address)
+            proofs = self._proofs.get(address, {})
+            figures[address] = {
+                "messages": past.get("messages", 0) + (loop.messages if loop is not None else 0),
+                "reconnects": past.get("reconnects", 0) + (loop.reconnects if loop is not None else 0),
+                "resubscriptions": self._moved_in.get(address, 0),
+                "failovers_proven": proofs.get("proven", 0),
+                "failovers_unproven": proofs.get("unproven", 0),
+            }
+        return figures
 
     # -- topology --------------------------------------------------------------------------
 
@@ -198,7 +244,7 @@ class ClusterBroker:
         return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
 
     def _url(self, address: str) -> str:
-        return f"{self._scheme}://{self._userinfo}{address}"
+        return f"{self._scheme}://{self._userinfo}{address}{self._query}"
 
     def _common(self) -> dict[str, Any]:
         return dict(socket_timeout=self.timeout, socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 1))
@@ -268,6 +314,8 @@ class ClusterBroker:
         for low, high, address in ranges:
             table[low:high + 1] = [address] * (high - low + 1)
         changed = table != self._slots
+        if changed:
+            self._start_proofs(self._slots, table)
         self._slots = table
         self._topology_error = "" if all(table) else "some slots have no master"
         masters = set(table) - {""}
@@ -296,6 +344,7 @@ class ClusterBroker:
         )
         self._loops[address] = loop
         loop.start()
+        self._spawn(("identity", address), self._read_identity(address))
 
     async def _close_node(self, address: str) -> None:
         for channel in [ch for ch, at in self._route.items() if at == address]:
@@ -304,11 +353,131 @@ class ClusterBroker:
         loop = self._loops.pop(address, None)
         if loop is not None:
             self._past_reconnects += loop.reconnects + 1  # the shard's connection is gone: a reconnect
+            past = self._past.setdefault(address, {"messages": 0, "reconnects": 0})
+            past["messages"] += loop.messages
+            past["reconnects"] += loop.reconnects + 1
             await loop.stop()
         client = self._clients.pop(address, None)
         if client is not None:
             await client.aclose()
             await client.connection_pool.disconnect()
+
+    # -- failover proofs (failover.py) -------------------------------------------------------
+
+    def _spawn(self, key: tuple[str, str], work: Coroutine[Any, Any, None]) -> None:
+        running = self._provers.get(key)
+        if running is not None and not running.done():
+            work.close()
+            return
+        task = asyncio.get_running_loop().create_task(work)
+        self._provers[key] = task
+        task.add_done_callback(lambda done: self._forget(key, done))
+
+    def _forget(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        if self._provers.get(key) is task:
+            del self._provers[key]
+
+    async def _info(self, address: str) -> Replication:
+        """``INFO server replication`` of one node (master or replica), on a connection of its own."""
+        client = aioredis.Redis.from_url(self._url(address), protocol=2, **self._common())
+        try:
+            async with asyncio.timeout(self.timeout):
+                raw = await client.eval(INFO_LUA, 0)
+        finally:
+            await client.aclose()
+        return Replication.parse(raw)
+
+    async def _read_identity(self, address: str) -> None:
+        """Remember a new master's run_id: only that process may later vouch, as the old
+        master of a failover, that it had nothing its successor lacks."""
+        try:
+            info = await self._info(address)
+        except UNAVAILABLE:
+            return
+        if info.role == "master":  # a stale view may list a demoted node: keep what we knew
+            self._run_ids[address] = info.run_id
+
+    def _start_proofs(self, before: list[str], after: list[str]) -> None:
+        """Slots whose master changed: try to prove each handover lossless (failover.py)."""
+        handovers: dict[tuple[str, str], list[int]] = {}
+        for slot, (old, new) in enumerate(zip(before, after, strict=True)):
+            if old and new and old != new:
+                handovers.setdefault((old, new), []).append(slot)
+        masters = set(after)
+        for (old, new), slots in handovers.items():
+            self._spawn((old, new), self._prove(old, new, slots, migrated=old in masters))
+
+    async def _prove(self, old: str, new: str, slots: list[int], migrated: bool) -> None:
+        """Ask the old master, for at most PROOF_WINDOW_SECONDS, whether the new one took over
+        without loss; record the verdict in the moved slots' proof hashes on the new master
+        (a proven predecessor, or "done" alone: the guard then resets at once instead of
+        letting callers wait).  A slot that moved to another master (resharding) cannot be
+        proven this way: its channels start afresh, as before."""
+        run_id = self._run_ids.get(old, "")
+        try:
+            successor = await self._info(new)
+        except UNAVAILABLE as exc:
+            log.warning("redis cluster: new master does not answer", extra={"shard": new, "error": type(exc).__name__})
+            return  # nothing can be recorded there; its guard waits out the grace
+        if successor.role != "master" or self._proven.get(new) == successor.replid:
+            return  # not a master (a stale view), or this handover is proven and recorded already
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + PROOF_WINDOW_SECONDS
+        proven: str | None = None
+        why = "a slot moved to another master" if migrated else "the old master was never seen as master"
+        while not migrated and run_id:
+            try:
+                predecessor = await self._info(old)
+            except aioredis.ConnectionError as exc:  # gone (a kill, a crash): it cannot vouch
+                why = f"the old master does not answer ({type(exc).__name__})"
+                break
+            except UNAVAILABLE as exc:
+                predecessor, why = None, f"the old master does not answer ({type(exc).__name__})"
+            if predecessor is not None:
+                proven = lossless_successor(run_id, predecessor, successor)
+                if proven is not None:
+                    break
+                if predecessor.replid == successor.replid:  # it follows the new master after a full sync
+                    why = "the old master had writes the new one lacks (it needed a full resync)"
+                    break
+                why = "the old master has not resynchronised partially with the new one"
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(PENDING_RETRY_SECONDS)
+        decided = loop.time()
+        recorded = await self._record_proof(new, successor.replid, proven or "", slots)
+        if proven and recorded:
+            self._proven[new] = successor.replid
+        timing = {"decided_ms": round(1000 * (decided - started)), "recorded_ms": round(1000 * (loop.time() - decided))}
+        counts = self._proofs.setdefault(new, {"proven": 0, "unproven": 0})
+        counts["proven" if proven else "unproven"] += 1
+        if proven:
+            log.info("redis cluster failover proven lossless: channels keep their ids",
+                     extra={"old": old, "shard": new, "slots": len(slots), "recorded": recorded, **timing})
+        else:
+            log.warning("redis cluster master changed without a proof of no loss: its channels start new epochs",
+                        extra={"old": old, "shard": new, "slots": len(slots), "why": why, "recorded": recorded,
+                               **timing})
+
+    async def _record_proof(self, address: str, replid: str, predecessor: str, slots: list[int]) -> bool:
+        """Write the verdict into the slots' proof hashes on the new master: first the slots of
+        this process's channels (their publishes and resyncs are waiting), then the rest."""
+        mine = {slot_of(channel) for channel in self._wanted}
+        ordered = sorted(slots, key=lambda slot: slot not in mine)
+        client = self._client(address)
+        try:
+            async with asyncio.timeout(self.timeout * 4):
+                sha = await client.script_load(RECORD_PROOF_LUA)
+                first = sum(1 for slot in ordered if slot in mine)
+                for chunk in (ordered[:first], *(ordered[i:i + 1000] for i in range(first, len(ordered), 1000))):
+                    if chunk:
+                        await client.evalsha(sha, 0, replid, predecessor, *map(proof_key_of_slot, chunk))
+        except (ResponseError, *UNAVAILABLE) as exc:  # a slot that moved on meanwhile
+            log.warning("redis cluster: could not record a failover verdict", extra={"shard": address,
+                                                                                       "error": type(exc).__name__})
+            return False
+        return True
 
     def _place(self, channel: str) -> None:
         """Subscribe `channel` on the loop of its slot's master (moving it if needed)."""
@@ -386,15 +555,28 @@ class ClusterBroker:
         ]
         replies: dict[tuple[int, int], Any] = {}
         asking: dict[tuple[int, int], str] = {}
-        for attempt in range(5):
-            todo = await self._publish_round(todo, replies, asking)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GRACE_SECONDS + self.timeout  # a pending failover proof
+        redirects = 0
+        while True:
+            todo, redirected = await self._publish_round(todo, replies, asking)
             if not todo:
                 break
-            self.kick()
-            await asyncio.sleep(0.05 * (attempt + 1))
-            await self._refresh_quietly()
-        else:
-            raise OutcomeUnknown("redis cluster kept redirecting the publish")
+            if redirected:
+                redirects += 1
+                if redirects >= 5:
+                    if not replies:  # every call was answered with a redirect: none of them ran
+                        raise BrokerUnavailable("redis cluster kept redirecting the publish (a slot is moving)")
+                    raise OutcomeUnknown("redis cluster kept redirecting the publish")
+                self.kick()
+                await asyncio.sleep(0.05 * redirects)
+                await self._refresh_quietly()
+            elif loop.time() < deadline:  # the shard's master changed: its verdict is coming
+                await asyncio.sleep(PENDING_RETRY_SECONDS)
+            elif not replies:  # pending calls stored nothing
+                raise BrokerUnavailable("redis cluster: no failover verdict in time")
+            else:
+                raise OutcomeUnknown("redis cluster: no failover verdict in time")
         per_event = []
         for e, calls in enumerate(plans):
             statuses = [replies[(e, c)] for c in range(len(calls))]
@@ -415,7 +597,9 @@ class ClusterBroker:
 
     async def _publish_round(
         self, todo: list[_Item], replies: dict[tuple[int, int], Any], asking: dict[tuple[int, int], str]
-    ) -> list[_Item]:
+    ) -> tuple[list[_Item], bool]:
+        """Send `todo`; returns the calls to send again (redirected, or pending a failover
+        verdict: neither ran) and whether any was redirected."""
         by_node: dict[tuple[str, bool], list[_Item]] = {}
         for item in todo:
             ask_at = asking.pop((item[0], item[1]), "")
@@ -433,6 +617,7 @@ class ClusterBroker:
                 raise BrokerUnavailable(f"redis publish failed: {what}")
             raise OutcomeUnknown(f"redis did not answer the publish in time ({what})")
         again: list[_Item] = []
+        redirected = False
         for address, result in zip(nodes, results, strict=True):
             assert not isinstance(result, BaseException)
             for item, reply in zip(by_node[address], result, strict=True):
@@ -440,14 +625,20 @@ class ClusterBroker:
                 if isinstance(reply, AskError) and not isinstance(reply, MovedError):
                     asking[key] = f"{reply.host}:{reply.port}"
                     again.append(item)
+                    redirected = True
                 elif isinstance(reply, (*_REDIRECTS, NoScriptError)):
                     again.append(item)
+                    redirected = True
                 elif isinstance(reply, ResponseError):
                     raise OutcomeUnknown(f"redis refused the publish: {reply}")
+                elif is_pending(reply):  # sent again to the same node (ASKING too, mid-migration)
+                    if address[1]:
+                        asking[key] = address[0]
+                    again.append(item)
                 else:
                     replies[key] = reply
         again.sort(key=lambda item: (item[0], item[1]))
-        return again
+        return again, redirected
 
     async def _batched(self, address: str, ask: bool, items: list[_Item]) -> list[Any]:
         """Run `items` on `address` in one pipeline shared with the other publishes of this
@@ -517,23 +708,55 @@ class ClusterBroker:
         return int(await client.execute_command("SPUBLISH", CONTROL_CHANNEL, query))  # type: ignore[no-untyped-call]
 
     async def position(self, channel: str) -> Position:
-        """The channel's position through the failover guard, then a barrier on the pub/sub
-        connection of its shard: every message published before the read has then been read."""
-        try:
-            async with asyncio.timeout(self.timeout):
-                client = self._client_for_key(channel)
-                script = client.register_script(POSITION_LUA)
-                epoch, seq = await script(keys=[meta_key(channel), history_key(channel)], args=[new_epoch()])
-        except _REDIRECTS as exc:
-            self.kick()
-            raise BrokerUnavailable(f"redis cluster moved {channel!r}: {exc}") from exc
-        except UNAVAILABLE as exc:
-            self.kick()
-            raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
-        await self._barrier_of(channel)
+        """The channel's position through the failover guard, then (when this process
+        subscribes to it) a barrier on the pub/sub connection of its shard: every message
+        published before the read has then been read."""
+        (epoch, seq), = await self._guarded_read(channel, None)
+        if channel in self._wanted:  # a resync needs the barrier; a history read of a channel
+            await self._barrier_of(channel)  # this process does not subscribe to does not
         if epoch is None:
             return EMPTY
         return Position(text(epoch), int(seq or 0))
+
+    async def _guarded_read(self, channel: str, more: Callable[[Any], None] | None) -> list[Any]:
+        """The failover guard (`POSITION_LUA`: it may start the channel afresh), then what
+        `more` queues, in one transaction on the channel's shard (`_read`: ASK, TRYAGAIN and
+        MOVED followed); [(epoch, seq), *replies].  While the guard answers pending (the
+        shard's master just changed and its failover verdict is not recorded yet) the read is
+        tried again, for at most the guard's grace."""
+        def queue(pipe: Any, asking: bool) -> None:
+            pipe.evalsha(POSITION_SHA, 2, meta_key(channel), history_key(channel), new_epoch(), proof_key(channel),
+                         "1" if asking else "")
+            if more is not None:
+                more(pipe)
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GRACE_SECONDS + self.timeout
+        loaded = False
+        while True:
+            try:
+                replies = await self._read(channel, queue)
+            except NoScriptError:
+                if loaded:
+                    raise BrokerUnavailable("redis cluster: the guard script cannot be loaded") from None
+                await self._load_position_script()
+                loaded = True
+                continue
+            guard, *rest = replies
+            if not is_pending(guard):
+                _status, epoch, seq = guard
+                return [(epoch or None, seq), *rest]
+            if loop.time() >= deadline:
+                raise BrokerUnavailable(f"redis cluster: no failover verdict yet for {channel!r}")
+            await asyncio.sleep(PENDING_RETRY_SECONDS)
+
+    async def _load_position_script(self) -> None:
+        """Load the guard on every master (a restarted node, or a target mid-migration)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await asyncio.gather(*(self._client(a).script_load(POSITION_LUA) for a in set(self._slots) - {""}))
+        except UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
 
     async def _barrier_of(self, channel: str) -> None:
         address = self._route.get(channel)
@@ -555,15 +778,59 @@ class ClusterBroker:
         await asyncio.gather(*(loop.barrier() for loop in loops), return_exceptions=True)
 
     async def history(self, channel: str, after_seq: int, limit: int | None = None) -> History:
-        try:
-            async with asyncio.timeout(self.timeout):
-                async with self._client_for_key(channel).pipeline(transaction=True) as pipe:
-                    queue_history_reads(pipe, channel, after_seq, limit)
-                    replies = await pipe.execute()
-        except (*_REDIRECTS, *UNAVAILABLE) as exc:
-            self.kick()
-            raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
+        """Read through the failover guard, like `position`: a channel whose meta a lost
+        master wrote is started afresh first, so its old ids are never handed out as current."""
+        _guard, *replies = await self._guarded_read(
+            channel, lambda pipe: queue_history_reads(pipe, channel, after_seq, limit)
+        )
         return history_from_replies(replies)
+
+    async def _read(self, channel: str, queue: Callable[[Any, bool], None]) -> list[Any]:
+        """One transaction of reads (`queue(pipe, asking)`) of `channel`'s keys on its slot's
+        master (`asking`: of a migration's target).
+
+        While the slot migrates, the source answers ASK for keys that already left it: the
+        read is then asked of the target.  The server checks the keys of a whole
+        transaction at EXEC: while they are split between the two nodes, the target answers
+        TRYAGAIN (so a half-moved channel is never read as one without history).  MOVED,
+        TRYAGAIN and CLUSTERDOWN are retried after a topology read; BrokerUnavailable after
+        a few attempts (about 1 s) or when a node does not answer."""
+        ask_at = ""
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                async with asyncio.timeout(self.timeout):
+                    if ask_at:
+                        return await self._transaction(self._client(ask_at), queue, asking=True)
+                    return await self._transaction(self._client_for_key(channel), queue, asking=False)
+            except AskError as exc:
+                if isinstance(exc, MovedError):
+                    ask_at = ""
+                elif not ask_at:
+                    ask_at = f"{exc.host}:{exc.port}"
+                    continue
+            except TryAgainError:
+                pass  # the keys are split between the nodes for a moment: ask the same one again
+            except ClusterDownError:
+                ask_at = ""
+            except NoScriptError:
+                raise  # the caller loads its script
+            except UNAVAILABLE as exc:
+                self.kick()
+                raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
+            self.kick()
+            await asyncio.sleep(0.05 * (attempt + 1))
+            await self._refresh_quietly()
+        raise BrokerUnavailable(f"redis cluster: the slot of {channel!r} is moving; try again")
+
+    @staticmethod
+    async def _transaction(client: aioredis.Redis, queue: Callable[[Any, bool], None], asking: bool) -> list[Any]:
+        async with client.pipeline(transaction=True) as pipe:
+            if asking:  # before MULTI: inside the transaction the flag covers every queued command
+                pipe.connection = conn = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+                await conn.send_command("ASKING")
+                await conn.read_response()
+            queue(pipe, asking)
+            return list(await pipe.execute())
 
     async def count_subscribers(self, channel: str, local: int) -> int:
         return await self._counter.count(channel, local)

@@ -23,6 +23,7 @@ from typing import Any
 from .. import wire
 from ..events import Event
 from ..randomness import token_hex16
+from . import failover
 
 INTERNAL_SCOPE = "~"  # internal retry tokens: never a caller's scope (scopes are [a-z0-9:])
 INTERNAL_WINDOW_SECONDS = 60
@@ -36,50 +37,72 @@ def max_copies(redis_timeout_seconds: float) -> int:
     """Most event copies (events x channels) in one request (and one pipeline)."""
     return max(100, int(COPIES_PER_TIMEOUT_SECOND * redis_timeout_seconds))
 
-# The cluster's guard: a channel's meta records the replication id of the master that wrote
-# it (``rid``); a master that is not that one (a promoted replica, which may lack the last
-# acknowledged writes, or a restarted empty master) starts the channel afresh with a new
-# epoch, so an id handed out before a failover can never match an event written after it.
-_REPLID_LUA = "local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')"
-_GUARD_LUA = "if epoch and redis.call('HGET', meta, 'rid') ~= replid then epoch = false end"
-_RECORD_LUA = "redis.call('HSET', meta, 'rid', replid)"
-
-
+# The cluster's failover guard (`failover.py`): per channel the caller names the proof hash
+# of its slot (an argument, not a declared key: it is read only when a channel's master
+# changed, and a declared key that may or may not exist would upset the key checks Redis
+# makes while a slot migrates -- ASK, TRYAGAIN -- for every call); the script keeps a
+# channel's epoch only when its meta was written by this master or a proven lossless
+# predecessor, answers PENDING while a proof may still come, and otherwise starts the
+# channel afresh (new epoch).
 def publish_lua(publish_command: str = "PUBLISH", guard_failover: bool = False) -> str:
     """The publish script: `publish_command` is PUBLISH (single Redis) or SPUBLISH (cluster);
-    `guard_failover` adds the replication-id guard (cluster)."""
+    `guard_failover` adds the failover guard (cluster: ARGV per channel also names the
+    slot's proof hash)."""
     return (
         _PUBLISH_LUA.replace("__PUBLISH__", publish_command)
-        .replace("__REPLID__", _REPLID_LUA if guard_failover else "")
-        .replace("__GUARD__", _GUARD_LUA if guard_failover else "")
-        .replace("__RECORD__", _RECORD_LUA if guard_failover else "")
+        .replace("__ASTRIDE__", "3" if guard_failover else "2")
+        .replace("__GUARD__", _PRE_GUARD_LUA if guard_failover else "")
+        .replace("__EPOCH__", "guarded[c]" if guard_failover else "redis.call('HGET', meta, 'epoch')")
+        .replace("__RECORD__", failover.RECORD_LUA if guard_failover else "")
     )
 
 
-# Read a channel's position through the same guard (cluster): a resync right after a
-# failover sees the new epoch at once, not at the channel's next publish.
-# KEYS: meta, history; ARGV: fresh epoch.  Returns {epoch or false, seq}.
-POSITION_LUA = "\n".join([
-    _REPLID_LUA,
-    "local meta, hist = KEYS[1], KEYS[2]",
-    "local epoch = redis.call('HGET', meta, 'epoch')",
-    "if not epoch then return {false, 0} end",
-    _GUARD_LUA,
-    "if not epoch then",
-    "  redis.call('DEL', hist)",
-    "  redis.call('HSET', meta, 'epoch', ARGV[1], 'seq', 0)",
-    "  " + _RECORD_LUA,
-    "  return {ARGV[1], 0}",
+# Every channel through the guard before anything is written: a pending one makes the
+# whole call answer PENDING (nothing stored, the caller retries).
+_PRE_GUARD_LUA = "\n".join([
+    failover.REPLID_LUA,
+    failover.GUARD_FUNCTION_LUA,
+    "local guarded = {}",
+    "for c = 0, (#KEYS - 1) / 2 - 1 do",
+    "  local epoch = guard(KEYS[2 + 2 * c], ARGV[10 + 3 * c])",
+    f"  if epoch == 'pending' then return {{{failover.PENDING}, ''}} end",
+    "  guarded[c] = epoch",
     "end",
-    "return {epoch, tonumber(redis.call('HGET', meta, 'seq') or 0)}",
+])
+
+# A channel's state through the guard (cluster), for a resync or a history read: right after
+# a failover the new epoch is seen at once, not at the channel's next publish.
+# KEYS: meta, history; ARGV: fresh epoch, the slot's proof hash, '1' when the read was asked
+# of a migration's target (ASK: the slot still belongs to the source, which can no longer
+# write these keys; they are read as they are, the guard acts once the slot is the
+# target's, where a migrated channel starts afresh as after any unproven change of master).
+# Returns {0, epoch or false, seq}, or {PENDING} while a proof may still come.
+POSITION_LUA = "\n".join([
+    failover.REPLID_LUA,
+    failover.GUARD_FUNCTION_LUA,
+    "local meta, hist = KEYS[1], KEYS[2]",
+    "if ARGV[3] == '1' then",
+    "  return {0, redis.call('HGET', meta, 'epoch'), tonumber(redis.call('HGET', meta, 'seq') or 0)}",
+    "end",
+    "local epoch = guard(meta, ARGV[2])",
+    f"if epoch == 'pending' then return {{{failover.PENDING}}} end",
+    "if not epoch then",
+    "  if not redis.call('HGET', meta, 'epoch') then return {0, false, 0} end",
+    "  epoch = ARGV[1]",
+    "  redis.call('DEL', hist)",
+    "  redis.call('HSET', meta, 'epoch', epoch, 'seq', 0)",
+    "  " + failover.RECORD_LUA,
+    "end",
+    "return {0, epoch, tonumber(redis.call('HGET', meta, 'seq') or 0)}",
 ])
 
 # KEYS: idempotency record, then meta and history per channel.
 # ARGV: fingerprint, record field, record ttl, prefix, maxlen, ttl, eid, then live channel
-# and fresh epoch per channel.  Returns {status, "<id> <id> ..."}: 0 stored, 1 replayed,
-# -1 the record belongs to another request.
+# and fresh epoch (and the slot's proof hash, cluster) per channel.  Returns {status,
+# "<id> <id> ..."}: 0 stored, 1 replayed, -1 the record belongs to another request,
+# -2 pending (cluster: a failover proof may still come).
 _PUBLISH_LUA = f"""
-__REPLID__
+__GUARD__
 local idem, fp, n, idem_ttl = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
 local prefix, maxlen, ttl, eid = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local seen = redis.call('HGET', idem, 'f')
@@ -92,10 +115,9 @@ else
   redis.call('EXPIRE', idem, idem_ttl)
 end
 local ids = {{}}
-for i = 2, #KEYS, 2 do
-  local meta, hist, j = KEYS[i], KEYS[i + 1], i + 6
-  local epoch = redis.call('HGET', meta, 'epoch')
-  __GUARD__
+for c = 0, (#KEYS - 1) / 2 - 1 do
+  local meta, hist, j = KEYS[2 + 2 * c], KEYS[3 + 2 * c], 8 + __ASTRIDE__ * c
+  local epoch = __EPOCH__
   if not epoch then
     epoch = ARGV[j + 1]
     redis.call('DEL', hist)
@@ -169,7 +191,7 @@ class _Plan:
 
     def call(
         self, channels: Sequence[str], record_channel: str, history_size: int, history_ttl_seconds: int,
-        new_epoch: Any,
+        new_epoch: Any, guarded: bool = False,
     ) -> Call:
         keys = [wire.idempotency_key(record_channel, self.scope, self.key)]
         args: list[Any] = [
@@ -178,6 +200,8 @@ class _Plan:
         for channel in channels:
             keys += [wire.meta_key(channel), wire.history_key(channel)]
             args += [wire.live_channel(channel), new_epoch()]
+            if guarded:
+                args.append(failover.proof_key(channel))
         return keys, args
 
 
@@ -242,10 +266,15 @@ def cluster_calls_for(
     """Per event, per channel: (channel, script call) -- one slot per call (Redis Cluster).
     Each copy has its own idempotency record on its channel's slot; `eid` is shared."""
     return [
-        [(channel, plan.call((channel,), channel, history_size, history_ttl_seconds, new_epoch))
+        [(channel, plan.call((channel,), channel, history_size, history_ttl_seconds, new_epoch, guarded=True))
          for channel in plan.event.channels]
         for plan in _plans(events, idem)
     ]
+
+
+def is_pending(reply: Any) -> bool:
+    """The guarded script answered PENDING (cluster: a failover proof may still come)."""
+    return isinstance(reply, (list, tuple)) and bool(reply) and reply[0] == failover.PENDING
 
 
 def read_replies(replies: Sequence[Any]) -> tuple[list[list[str]], bool]:

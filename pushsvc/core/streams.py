@@ -10,7 +10,9 @@
   marks on the stream's `StreamQueue` since when a write is pending (``writing_since``) and
   which task waits on it, so that the hub's ticker (``PUSHSVC_WRITE_TIMEOUT_SECONDS``) or
   an overflow can end a stream whose peer stopped reading by cancelling that task; the
-  pump's ``finally`` then releases queue and session at once.
+  pump's ``finally`` then releases queue and session at once.  With a write delay
+  (``PUSHSVC_WRITE_DELAY_MS``) it also makes the stream cool as each write starts
+  (`pushsvc.hub.Hub.cool`), so that the next chunk collects what arrives meanwhile.
 """
 
 from __future__ import annotations
@@ -114,13 +116,19 @@ async def pump(session: StreamSession, send: Send) -> None:
     """
     sub = session.subscriber
     sub.task = asyncio.current_task()
+    hub = session.hub
+    metrics = session.metrics
+    delay = hub.write_delay  # 0: every chunk written at once
     session.start()
     try:
         chunk: bytes | None
         chunk, done = await session.first_chunk()
         while True:
             if chunk is not None:
-                sub.writing_since = time.monotonic()
+                sub.writing_since = started = time.monotonic()
+                if delay and not done:
+                    hub.cool(sub, started)
+                metrics.stream_writes += 1
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 sub.writing_since = 0.0
             if done:

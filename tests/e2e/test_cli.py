@@ -88,6 +88,7 @@ def test_unknown_hypercorn_setting_is_refused_not_ignored(tmp_path):
 #: An invalid value for every setting that can be invalid; the rest take any string.
 INVALID = {
     "redis_url": "http://127.0.0.1:6379", "redis_cluster_nodes": "http://127.0.0.1:7000",
+    "redis_cluster_refresh_seconds": "0",
     "keepalive_seconds": "soon", "retry_ms": "-1",
     "queue_size": "0", "queue_bytes": "lots", "history_size": "-5", "history_ttl_seconds": "1.5",
     "redis_timeout_seconds": "0", "max_streams": "0", "max_channels_per_stream": "1001",
@@ -98,6 +99,7 @@ INVALID = {
     "log_format": "xml", "log_level": "LOUD", "allow_anonymous_publish": "maybe",
     "max_retry_ms": "-1", "auth_cache_seconds": "-1", "auth_url": "ftp://app.internal/authorize",
     "idempotency_seconds": "-1", "write_timeout_seconds": "-1", "auth_timeout_seconds": "0", "debug_gc": "maybe",
+    "write_delay_ms": "1001",
 }
 ANY_STRING = {"publish_tokens", "jwt_audience", "jwt_issuer", "metrics_dir"}
 SETTING_NAMES = [f.name for f in fields(Settings)]

@@ -14,7 +14,7 @@ import sys
 import httpx
 import pytest
 
-from pushsvc.broker.cluster import slot_of
+from pushsvc.broker.cluster import ClusterBroker, slot_of
 from pushsvc.publisher import AsyncPublisher
 from pushsvc.wire import history_key
 from tests.support.cluster import RedisCluster
@@ -236,8 +236,14 @@ class Roamer:
         while not stop.is_set():
             await self._visit(random.uniform(0.2, 0.6))
 
-    async def _visit(self, seconds: float) -> None:
+    async def _visit(self, seconds: float, first: bool = False) -> None:
         client = await SSEClient.open(random.choice(self.ports), self.channels, last_event_id=self.last_id)
+        if first:  # until synced: its first id is what later visits resume from (else they'd start fresh)
+            try:
+                await client.wait_open(timeout=10)
+            except BaseException:
+                await client.close()
+                raise
         try:
             await client.until(lambda c: False, timeout=seconds)
         except (TimeoutError, Exception):
@@ -279,7 +285,7 @@ async def run_publisher_through(
     stop = asyncio.Event()
     roamers = [Roamer([s.port for s in services], channels) for _ in range(3)]
     for roamer in roamers:  # first visit: a fresh stream, so later ones resume with an id
-        await roamer._visit(0.2)
+        await roamer._visit(0.2, first=True)
     tasks = [asyncio.ensure_future(_publisher(http, s, channels, accepted, stop, k * PUBLISHER_SPAN))
              for k, s in enumerate(services)]
     tasks += [asyncio.ensure_future(r.roam(stop)) for r in roamers]
@@ -297,27 +303,88 @@ async def run_publisher_through(
     return roamers, accepted, outcome
 
 
-async def test_a_cluster_failover_while_publishing_loses_nothing_silently(redis_cluster, service_factory, http):
+async def shard_series(http: httpx.AsyncClient, service, figure: str) -> dict[str, float]:
+    """Every ``pushsvc_redis_shard_<figure>_total`` series of /metrics, by shard address."""
+    text = (await http.get(service.base + "/metrics")).text
+    head = f'pushsvc_redis_shard_{figure}_total{{shard="'
+    series = {}
+    for line in text.splitlines():
+        if line.startswith(head):
+            address, value = line[len(head):].split('"} ')
+            series[address] = float(value)
+    return series
+
+
+async def test_a_planned_failover_while_publishing_resets_nothing_and_loses_nothing(
+    redis_cluster, service_factory, http
+):
     channels = spread_channels(redis_cluster, 12, "fo")
     services = [service_factory(cluster_env(redis_cluster)) for _ in range(2)]
     for service in services:
         await ready(http, service)
     target = redis_cluster.owner(channels[0])
     moved = [ch for ch in channels if redis_cluster.owner(ch).port == target.port]
+    old_shard = f"127.0.0.1:{target.port}"
 
     roamers, accepted, new_master = await run_publisher_through(
         http, services, channels, lambda: redis_cluster.failover(target)
     )
     assert redis_cluster.owner(channels[0]).port == new_master.port != target.port
+    new_shard = f"127.0.0.1:{new_master.port}"
+    for roamer in roamers:
+        # What happened: a planned CLUSTER FAILOVER loses nothing, and the proof says so, so
+        # every stream got exactly what was accepted, with no reset on any channel.
+        resets = check_stream(roamer.events, channels, accepted)
+        assert resets == [], f"a planned failover reset {resets}"
+        print(f"roamer: {roamer.reconnects} reconnects, no reset (failed-over shard: {moved})")
     for service in services:  # the failed-over shard's channels were re-subscribed on its new master
         assert await shard_metric(http, service, "resubscriptions", new_master.port) >= len(moved)
-    for roamer in roamers:
-        resets = check_stream(roamer.events, channels, accepted)
-        # Which happened: every failover starts new epochs on the shard (the promoted replica
-        # cannot tell a lossless failover from a lossy one), so only its channels may reset.
-        assert set(resets) <= set(moved), resets
-        print(f"roamer: {roamer.reconnects} reconnects, reset channels {resets} (failed-over shard: {moved})")
-    assert sum(len(v) for v in accepted.values()) > 50
+        # Each process proved the handover lossless (the old master resynchronised partially).
+        assert await shard_metric(http, service, "failovers_proven", new_master.port) >= 1
+        assert "failover proven lossless" in service.log()
+        # The old master's counters stay in /metrics (a series that vanished would look like
+        # a counter reset to rate()).
+        messages = await shard_series(http, service, "messages")
+        assert messages.get(old_shard, 0) > 0 and new_shard in messages, messages
+    assert sum(len(accepted[ch]) for ch in moved) > 10
+
+
+async def test_a_resume_from_before_a_planned_failover_catches_up_exactly(redis_cluster, service_factory, http):
+    service = service_factory(cluster_env(redis_cluster))
+    await ready(http, service)
+    channel = "resume-fo"
+    reader = await SSEClient.open(service.port, [channel])
+    await reader.wait_open()
+    try:
+        for n in range(3):
+            assert (await publish(http, service, {"channel": channel, "data": n})).status_code == 202
+        seen = await reader.events(3)
+    finally:
+        await reader.close()
+    before = seen[-1].last_event_id
+    for n in range(3, 5):  # published before the failover, after the reader left
+        assert (await publish(http, service, {"channel": channel, "data": n})).status_code == 202
+    await asyncio.to_thread(redis_cluster.failover, redis_cluster.owner(channel))
+    for n in range(5, 8):  # published after it: same epoch, sequence continued
+        assert (await publish(http, service, {"channel": channel, "data": n})).status_code == 202
+
+    epoch = before.split("-")[0]
+    other = service_factory(cluster_env(redis_cluster))  # no stream of its own on the channel
+    await ready(http, other)
+    for reader_service in (service, other):
+        answer = await http.get(reader_service.base + "/history", params={"channel": channel, "after": before})
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        assert page["reset"] is None, page
+        assert [e["data"] for e in page["events"]] == [3, 4, 5, 6, 7]
+        assert [e["id"] for e in page["events"]] == [f"{epoch}-{n}" for n in range(4, 9)]
+    resumed = await SSEClient.open(service.port, [channel], last_event_id=before)
+    try:
+        events = await resumed.events(5, timeout=10)
+        assert [(e.type, e.data) for e in events] == [("message", str(n)) for n in range(3, 8)]
+        assert events[-1].last_event_id == f"{epoch}-8"
+    finally:
+        await resumed.close()
 
 
 async def test_a_killed_master_heals_its_channels_and_the_other_shards_keep_delivering(
@@ -396,6 +463,21 @@ async def test_a_failover_that_lost_acknowledged_writes_resets_instead_of_reusin
         )
         await asyncio.to_thread(redis_cluster.wait_ok, 30, False)
         await ready(http, service, timeout=30)
+        lost_epoch = lost_id.split("-")[0]
+        # A history read is guarded too: the promoted replica holds the old epoch's first
+        # three entries, which must not be handed out as current.
+        broker = ClusterBroker(redis_cluster.seeds.split(","))
+        try:
+            await broker.refresh()
+            read = await broker.history(channel, 0)
+        finally:
+            await broker.stop()
+        assert read.epoch != lost_epoch and read.entries == [], read
+        answer = await http.get(service.base + "/history", params={"channel": channel, "after": lost_id})
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        assert page["reset"] == "history_lost", page
+        assert not page["last_id"].startswith(lost_epoch), page
         for n in range(8, 18):  # the promoted replica had only 3: these would reuse 4..8
             assert (await publish(http, service, {"channel": channel, "data": n})).status_code == 202
 
@@ -414,6 +496,74 @@ async def test_a_failover_that_lost_acknowledged_writes_resets_instead_of_reusin
             replica.resume()
         if not master.alive():
             await asyncio.to_thread(redis_cluster.restart, master)
+
+
+async def test_a_backend_publisher_with_no_service_to_prove_a_failover_waits_then_starts_a_new_epoch(
+    redis_cluster,
+):
+    """No pushsvc process is running to prove the failover lossless: the publisher's call is
+    answered "pending" for the guard's grace, retried, then the channel starts afresh --
+    never a silent continuation of an unproven sequence."""
+    channel = "backend-only"
+    publisher = AsyncPublisher(cluster_nodes=redis_cluster.seeds)
+    try:
+        (before,) = await publisher.publish(channel, {"n": 1})
+        await asyncio.to_thread(redis_cluster.failover, redis_cluster.owner(channel))
+        (after,) = await publisher.publish(channel, {"n": 2})
+    finally:
+        await publisher.aclose()
+    assert after.split("-")[0] != before.split("-")[0], (before, after)
+    assert after.endswith("-1")
+
+
+def _link_status(node) -> str:
+    with node.client() as client:
+        return str(client.info("replication").get("master_link_status"))
+
+
+async def test_a_forced_failover_that_lost_writes_of_a_live_master_resets(redis_cluster, service_factory, http):
+    """The old master stays up and answers, but it had acknowledged writes its replica never
+    received: it can only rejoin with a full resync, so nothing proves the handover lossless."""
+    service = service_factory(cluster_env(redis_cluster))
+    await ready(http, service)
+    channel = "lossy-alive"
+    master = redis_cluster.owner(channel)
+    replica = redis_cluster.replica_of(master)
+    for n in range(3):
+        assert (await publish(http, service, {"channel": channel, "data": n})).status_code == 202
+    with master.client() as node:
+        assert node.execute_command("WAIT", 1, 5000) == 1
+    try:
+        with replica.client() as node:  # it can no longer authenticate to its master: cut off
+            node.config_set("masterauth", "not-the-password")
+        with master.client() as node:
+            node.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        await asyncio.to_thread(wait_until, lambda: _link_status(replica) == "down", 10, 0.05, "the link to drop")
+        ids = []
+        for n in range(3, 6):  # acknowledged by the master only
+            answer = await publish(http, service, {"channel": channel, "data": n})
+            assert answer.status_code == 202
+            ids.append(answer.json()["id"])
+        with replica.client() as node:  # no agreement from the old master, which stays up
+            node.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+        await asyncio.to_thread(wait_until, lambda: replica.role() == "master", 30, 0.05, "the takeover")
+    finally:
+        with replica.client() as node:
+            node.config_set("masterauth", "")
+    await asyncio.to_thread(redis_cluster.wait_ok, 30)
+    await asyncio.to_thread(wait_until, lambda: _link_status(master) == "up", 30, 0.05, "the old master to resync")
+    await ready(http, service, timeout=30)
+    for n in range(6, 12):  # the new master had only 3: these would reuse 4..6
+        assert (await publish(http, service, {"channel": channel, "data": n})).status_code == 202
+    resumed = await SSEClient.open(service.port, [channel], last_event_id=ids[-1])
+    try:
+        first = await resumed.next_event(timeout=10)
+        assert first.type == RESET, f"resumed silently after losing acknowledged writes: {first}"
+        assert json.loads(first.data)["channels"] == [channel]
+    finally:
+        await resumed.close()
+    assert await shard_metric(http, service, "failovers_unproven", replica.port) >= 1
+    assert "without a proof of no loss" in service.log()
 
 
 async def test_a_slot_migrating_under_a_busy_channel_loses_nothing_silently_and_duplicates_nothing(

@@ -1,6 +1,8 @@
 """A real Redis Cluster on loopback: six `redis-server --cluster-enabled yes` (three masters,
 one replica each), joined with `redis-cli --cluster create`; helpers to fail over, kill a
-master and find a slot's owner."""
+master, find a slot's owner, reshard with `redis-cli`.  Optionally password-protected
+(`requirepass` + `masterauth`) or TLS-only (`tls-cluster`, `tls-replication`, certificates
+made with openssl at start)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import redis
 from redis.cluster import key_slot
@@ -37,24 +41,66 @@ def cluster_port() -> int:
     raise RuntimeError("no free port pair for a cluster node")
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """A test CA and one server certificate (for 127.0.0.1) signed by it."""
+
+    ca: str
+    cert: str
+    key: str
+
+    @classmethod
+    def make(cls, root: str) -> TLSFiles:
+        openssl = require_binary("openssl")
+        ca, ca_key = os.path.join(root, "ca.crt"), os.path.join(root, "ca.key")
+        cert, key, csr = (os.path.join(root, name) for name in ("node.crt", "node.key", "node.csr"))
+        ext = os.path.join(root, "san.ext")
+        with open(ext, "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        for args in (
+            ["req", "-x509", "-new", "-nodes", "-newkey", "rsa:2048", "-keyout", ca_key, "-out", ca,
+             "-days", "2", "-subj", "/CN=pushsvc test CA"],
+            ["req", "-new", "-nodes", "-newkey", "rsa:2048", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+            ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+             "-days", "2", "-extfile", ext],
+        ):
+            subprocess.run([openssl, *args], check=True, capture_output=True, timeout=60)
+        return cls(ca, cert, key)
+
+
 class ClusterNode:
-    def __init__(self, binary: str, root: str) -> None:
+    def __init__(self, binary: str, root: str, password: str | None = None, tls: TLSFiles | None = None) -> None:
         self.binary = binary
         self.port = cluster_port()
         self.dir = os.path.join(root, str(self.port))
         os.makedirs(self.dir)
+        self.password = password
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
+        """The node as a pushsvc seed URL (password and CA included)."""
+        auth = f":{self.password}@" if self.password else ""
+        if self.tls is not None:
+            return f"rediss://{auth}127.0.0.1:{self.port}?ssl_ca_certs={self.tls.ca}"
+        return f"redis://{auth}127.0.0.1:{self.port}"
+
+    def server_args(self) -> list[str]:
+        args = ["--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000", "--save", "",
+                "--appendonly", "no", "--dir", self.dir, "--protected-mode", "no"]
+        if self.password:
+            args += ["--requirepass", self.password, "--masterauth", self.password]
+        if self.tls is None:
+            return ["--port", str(self.port), *args]
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cluster", "yes", "--tls-replication", "yes",
+                "--tls-cert-file", self.tls.cert, "--tls-key-file", self.tls.key,
+                "--tls-ca-cert-file", self.tls.ca, "--tls-auth-clients", "no", *args]
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-             "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [self.binary, *self.server_args()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_until(self._pings, 10, what=f"cluster node {self.port} to answer")
 
@@ -66,7 +112,15 @@ class ClusterNode:
             return False
 
     def client(self, timeout: float = 5) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=timeout)
+        options: dict[str, Any] = {"password": self.password}
+        if self.tls is not None:
+            options.update(ssl=True, ssl_ca_certs=self.tls.ca)
+        return redis.Redis(port=self.port, socket_timeout=timeout, **options)
+
+    def cli_args(self) -> list[str]:
+        """redis-cli's options to reach this node (password, TLS)."""
+        args = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        return args + (["--tls", "--cacert", self.tls.ca] if self.tls is not None else [])
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -100,11 +154,15 @@ class ClusterNode:
 
 
 class RedisCluster:
-    def __init__(self, size: int = 6) -> None:
+    """`size` nodes: three masters, and replicas when `size` is 6 (with 3, none)."""
+
+    def __init__(self, size: int = 6, password: str | None = None, tls: bool = False) -> None:
         self.binary = require_binary("redis-server")
         self.cli = require_binary("redis-cli")
         self.root = tempfile.mkdtemp(prefix="pushsvc-cluster-")
-        self.nodes = [ClusterNode(self.binary, self.root) for _ in range(size)]
+        self.replicas = size // 3 - 1
+        self.tls = TLSFiles.make(self.root) if tls else None
+        self.nodes = [ClusterNode(self.binary, self.root, password, self.tls) for _ in range(size)]
 
     @property
     def seeds(self) -> str:
@@ -115,11 +173,11 @@ class RedisCluster:
         for node in self.nodes:
             node.start()
         subprocess.run(
-            [self.cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
-             "--cluster-replicas", "1", "--cluster-yes"],
+            [self.cli, *self.nodes[0].cli_args(), "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
         )
-        self.wait_ok()
+        self.wait_ok(replicated=self.replicas > 0)
 
     def wait_ok(self, timeout: float = 30, replicated: bool = True) -> None:
         """Every live node says cluster_state:ok, three masters (each with a replica unless
@@ -155,7 +213,9 @@ class RedisCluster:
         return next(n for n in self.nodes if n.port == port)
 
     def owner(self, channel_or_key: str) -> ClusterNode:
-        slot = key_slot(channel_or_key.encode())
+        return self.owner_of_slot(key_slot(channel_or_key.encode()))
+
+    def owner_of_slot(self, slot: int) -> ClusterNode:
         for lo, hi, master, _ in self._view():
             if lo <= slot <= hi:
                 return self.node(master)
@@ -212,6 +272,33 @@ class RedisCluster:
                     client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
         self.wait_ok()
         return source
+
+    def reshard(self, source: ClusterNode, target: ClusterNode, slots: int = 1, timeout: float = 120) -> str:
+        """`redis-cli --cluster reshard`: move `slots` slots (the source's lowest) with their
+        keys from `source` to `target`; returns redis-cli's output."""
+        done = subprocess.run(
+            [self.cli, *source.cli_args(), "--cluster", "reshard", f"127.0.0.1:{source.port}",
+             "--cluster-from", self.node_id(source), "--cluster-to", self.node_id(target),
+             "--cluster-slots", str(slots), "--cluster-yes"],
+            capture_output=True, text=True, timeout=timeout,
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        self.wait_ok(replicated=self.replicas > 0)
+        return done.stdout
+
+    def slots_of(self, node: ClusterNode) -> list[int]:
+        """The slots `node` serves, lowest first."""
+        return sorted(s for lo, hi, m, _ in self._view() if m == node.port for s in range(lo, hi + 1))
+
+    def shard_subscribers(self, node: ClusterNode, name: str) -> int:
+        """PUBSUB SHARDNUMSUB `name` on `node`: its sharded subscribers there."""
+        with node.client() as client:
+            reply = client.execute_command("PUBSUB SHARDNUMSUB", name)
+        if isinstance(reply, dict):
+            return int(next(iter(reply.values())))
+        if reply and isinstance(reply[0], (tuple, list)):  # parsed into (name, count) pairs
+            return int(reply[0][1])
+        return int(reply[1])
 
     def pubsub_clients(self, node: ClusterNode, name: str = "pushsvc-pubsub") -> int:
         with node.client() as client:

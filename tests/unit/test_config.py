@@ -71,6 +71,15 @@ def test_settings_at_the_edge_of_a_contradiction_are_accepted(env):
     Settings.from_env(env)
 
 
+def test_write_delay_defaults_to_0_and_takes_whole_milliseconds_up_to_a_second():
+    assert Settings.from_env({}).write_delay_ms == 0
+    assert Settings.from_env({"PUSHSVC_WRITE_DELAY_MS": "10"}).write_delay_ms == 10
+    assert Settings.from_env({"PUSHSVC_WRITE_DELAY_MS": "1000"}).write_delay_ms == 1000
+    for bad in ("-1", "1001", "2.5", "10ms", ""):
+        with pytest.raises(ConfigError, match="PUSHSVC_WRITE_DELAY_MS"):
+            Settings.from_env({"PUSHSVC_WRITE_DELAY_MS": bad})
+
+
 def test_write_timeout_defaults_to_30_seconds_and_0_turns_it_off():
     assert Settings.from_env({}).write_timeout_seconds == 30
     assert Settings.from_env({"PUSHSVC_WRITE_TIMEOUT_SECONDS": "0"}).write_timeout_seconds == 0
