@@ -904,6 +904,9 @@ def main() -> None:
                         finally:
                             server.stop()
             report["publish"] = {label: median_round(results) for label, results in rounds.items()}
+            if args.pin:  # the phases after this one run unpinned
+                for pid in (0, redis.proc.pid):
+                    os.sched_setaffinity(pid, set(ALL_CPUS))
     finally:
         redis.stop()
     report["ratios"] = compute_ratios(report, me)
