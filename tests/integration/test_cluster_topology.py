@@ -260,8 +260,10 @@ def resharding_cluster(redis_cluster: RedisCluster) -> Iterator[RedisCluster]:
     target that may keep a moved channel's ids; earlier failover tests promote replicas),
     else a cluster of its own."""
     if any(pristine(m) for m in redis_cluster.masters()):
+        print("resharding on the session's cluster")
         yield redis_cluster
         return
+    print("resharding on a cluster of its own: every master of the session's took over another's history")
     fresh = RedisCluster()
     try:
         fresh.start()
