@@ -75,7 +75,8 @@ _PRE_GUARD_LUA = "\n".join([
 # KEYS: meta, history; ARGV: fresh epoch, the slot's proof hash, '1' when the read was asked
 # of a migration's target (ASK: the slot still belongs to the source, which can no longer
 # write these keys; they are read as they are, the guard acts once the slot is the
-# target's, where a migrated channel starts afresh as after any unproven change of master).
+# target's, where a migrated channel keeps its epoch when the move is blessed -- failover.py,
+# "Slot migrations" -- and starts afresh otherwise).
 # Returns {0, epoch or false, seq}, or {PENDING} while a proof may still come.
 POSITION_LUA = "\n".join([
     failover.REPLID_LUA,
