@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from array import array
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ from loadgen import (  # noqa: E402
     ClientProcess,
     HttpClient,
     RedisPublisher,
+    process_tree,
     tree_cpu_seconds,
     tree_rss_bytes,
 )
@@ -71,6 +73,7 @@ TOKEN = "bench-token"
 PAD = "x" * 64
 STREAMS_PER_CLIENT = 5000
 LIVE_CHANNEL = "pushsvc:{bench}:live"  # where pushsvc's publish script publishes CHANNEL's events
+ALL_CPUS = sorted(os.sched_getaffinity(0))  # before --pin narrows this process's own
 
 
 def payload(seq: int) -> str:
@@ -659,23 +662,85 @@ async def _publish_load(server: Server, batch: int, duration: float, conns: int)
     return done
 
 
-def publish_rate(server: Server, args: argparse.Namespace) -> dict[str, Any]:
+def pin_publish_phase(server_pid: int, redis_pid: int) -> None:
+    """--pin: the server's processes on the last CPU, the load generator (this process) and
+    Redis on the others, so the server does not share its core with its own load."""
+    cpus = ALL_CPUS
+    if len(cpus) < 2:
+        return
+    for pid in process_tree(server_pid):
+        os.sched_setaffinity(pid, {cpus[-1]})
+    for pid in (0, redis_pid):
+        os.sched_setaffinity(pid, set(cpus[:-1]))
+
+
+def pipeline_counters(server: Server) -> tuple[float, float] | None:
+    """pushsvc's (publish pipelines sent to Redis, requests they carried), from /metrics."""
+    if not isinstance(server, Pushsvc) or server.variant:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return None
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines()
+                  if line.startswith("pushsvc_redis_publish_pipeline"))
+    try:
+        return (float(values["pushsvc_redis_publish_pipelines_total"]),
+                float(values["pushsvc_redis_publish_pipeline_requests_total"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def publish_rate(server: Server, args: argparse.Namespace, redis_pid: int | None = None) -> dict[str, Any]:
+    """Requests/s and server CPU per request (the server's process tree), with Redis's own CPU
+    per request beside it (`redis_pid`; not part of the server's figure)."""
     out: dict[str, Any] = {}
     # The naive app takes one event per request.  The bare app's publish never reaches Redis:
     # what it costs is the floor of a small POST answered under Hypercorn.
     batches = [1, 100] if isinstance(server, Pushsvc) and not server.variant else [1]
     for batch in batches:
         spy = profiler(server, args, f"{server.name}-publish-{batch}")
+        pipelines0 = pipeline_counters(server)
         cpu0 = tree_cpu_seconds(server.pid)
+        redis0 = tree_cpu_seconds(redis_pid) if redis_pid else 0.0
         t0 = time.monotonic()
         done = uvloop.run(_publish_load(server, batch, args.publish_seconds, 16))
         took = time.monotonic() - t0
         cpu = tree_cpu_seconds(server.pid) - cpu0
+        redis_cpu = tree_cpu_seconds(redis_pid) - redis0 if redis_pid else 0.0
         stop_profiler(spy)
         key = "single" if batch == 1 else f"batch{batch}"
         out[key] = {"requests_per_s": done / took, "events_per_s": done * batch / took,
-                    "cpu_per_request_us": cpu / max(done, 1) * 1e6}
+                    "cpu_per_request_us": cpu / max(done, 1) * 1e6,
+                    "redis_cpu_per_request_us": redis_cpu / max(done, 1) * 1e6}
+        pipelines = pipeline_counters(server)
+        if pipelines and pipelines0 and pipelines[0] > pipelines0[0]:
+            out[key]["requests_per_pipeline"] = (pipelines[1] - pipelines0[1]) / (pipelines[0] - pipelines0[0])
+    if isinstance(server, Pushsvc) and not server.variant and redis_pid:
+        out["publisher"] = publisher_rate(server.redis_url, args.publish_seconds, redis_pid)
     return out
+
+
+def publisher_rate(redis_url: str, duration: float, redis_pid: int) -> dict[str, Any]:
+    """`pushsvc.publisher.Publisher` straight into Redis, one event per call in a loop (what a
+    backend's request handler or worker does): events/s, the publisher's own CPU per event
+    and Redis's; the pushsvc server does no work for it until the event is delivered."""
+    from pushsvc.publisher import Publisher
+
+    publisher = Publisher(url=redis_url)
+    try:
+        publisher.publish(CHANNEL, payload(0))  # connected, script loaded
+        done, cpu0, redis0, t0 = 0, time.process_time(), tree_cpu_seconds(redis_pid), time.monotonic()
+        while time.monotonic() - t0 < duration:
+            publisher.publish(CHANNEL, payload(done))
+            done += 1
+        took, cpu = time.monotonic() - t0, time.process_time() - cpu0
+        redis_cpu = tree_cpu_seconds(redis_pid) - redis0
+    finally:
+        publisher.close()
+    return {"events_per_s": done / took, "publisher_cpu_per_event_us": cpu / max(done, 1) * 1e6,
+            "redis_cpu_per_event_us": redis_cpu / max(done, 1) * 1e6}
 
 
 # -- report ------------------------------------------------------------------------------
@@ -728,12 +793,15 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {t['best_deliveries_per_s']:,.0f} | {t['best_rate']} | {steps} |")
     if report["publish"]:
         lines += ["", "### POST /publish, 16 keep-alive connections", "",
-                  "| server | single: requests/s | CPU/request µs | batches of 100: events/s | CPU/request µs |",
-                  "|---|---|---|---|---|"]
+                  "| server | single: requests/s | CPU/request µs | Redis CPU/request µs "
+                  "| batches of 100: events/s | CPU/request µs | Redis CPU/request µs |",
+                  "|---|---|---|---|---|---|---|"]
         for name, p in report["publish"].items():
-            b = p.get("batch100", {})
-            lines.append(f"| {name} | {p['single']['requests_per_s']:,.0f} | {p['single']['cpu_per_request_us']:,.0f} "
-                         f"| {fmt(b.get('events_per_s'))} | {fmt(b.get('cpu_per_request_us'))} |")
+            b, s = p.get("batch100", {}), p["single"]
+            lines.append(f"| {name} | {s['requests_per_s']:,.0f} | {s['cpu_per_request_us']:,.0f} "
+                         f"| {fmt(s.get('redis_cpu_per_request_us'))} | {fmt(b.get('events_per_s'))} "
+                         f"| {fmt(b.get('cpu_per_request_us'))} | {fmt(b.get('redis_cpu_per_request_us'))} |")
+        lines += publish_against_bare(report) + publish_paths(report)
     lines += workers_table(report)
     lines += fixed_rate_mod.markdown(report.get("fixed", {}))
     lines += targets(report)
@@ -786,6 +854,59 @@ def workers_table(report: dict[str, Any]) -> list[str]:
                 ratio = f"**{med / one_median:.2f}**" if one_median else "-"
                 lines.append(f"| {n:,} | {workers} | median | | | | {med:.1f} | {ratio} | | | "
                              f"{sum(r['loss'] for r in mine):,} | {sum(r['dups'] for r in mine)} | | |")
+    return lines
+
+
+def median_round(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round whose single-event CPU per request is the median (the lower middle one)."""
+    ranked = sorted(results, key=lambda r: r["single"]["cpu_per_request_us"])
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def publish_against_bare(report: dict[str, Any]) -> list[str]:
+    """Single-event POST /publish: pushsvc's server CPU per request against the bare app's,
+    round by round (each round runs both, one after the other), and the median ratio."""
+    rounds = report.get("publish_rounds", {})
+    mine, bare = rounds.get("pushsvc"), rounds.get("pushsvc-bare")
+    if not mine or not bare:
+        return []
+    lines = ["", "### Single-event POST /publish against the bare app (issue 16: ratio ≤ 1.3)", "",
+             "| round | pushsvc CPU/request µs | Redis CPU/request µs | bare CPU/request µs | ratio |",
+             "|---|---|---|---|---|"]
+    ratios = []
+    bare_of = {b["round"]: b for b in bare}
+    for m in mine:  # a round in which either failed is left out
+        n, b = m["round"], bare_of.get(m["round"])
+        if b is None:
+            continue
+        ratio = m["single"]["cpu_per_request_us"] / b["single"]["cpu_per_request_us"]
+        ratios.append(ratio)
+        lines.append(f"| {n} | {m['single']['cpu_per_request_us']:,.0f} "
+                     f"| {fmt(m['single'].get('redis_cpu_per_request_us'))} "
+                     f"| {b['single']['cpu_per_request_us']:,.0f} | {ratio:.2f} |")
+    lines.append(f"| median | | | | **{fmt(statistics.median(ratios) if ratios else None, '.2f')}** |")
+    return lines
+
+
+def publish_paths(report: dict[str, Any]) -> list[str]:
+    """pushsvc's three publish paths in this run: rates and CPU per event where it is spent."""
+    p = report["publish"].get("pushsvc")
+    if not p or "publisher" not in p:
+        return []
+    single, batch, pub = p["single"], p.get("batch100"), p["publisher"]
+    lines = ["", "### Which publish path at which rate (pushsvc, this run)", "",
+             "| path | events/s | pushsvc CPU/event µs | Redis CPU/event µs | publisher CPU/event µs "
+             "| events/s per core of pushsvc |",
+             "|---|---|---|---|---|---|"]
+    lines.append(f"| single POST /publish (16 connections) | {single['events_per_s']:,.0f} "
+                 f"| {single['cpu_per_request_us']:,.0f} | {fmt(single.get('redis_cpu_per_request_us'))} | - "
+                 f"| {1e6 / single['cpu_per_request_us']:,.0f} |")
+    if batch:
+        lines.append(f"| POST /publish, arrays of 100 (16 connections) | {batch['events_per_s']:,.0f} "
+                     f"| {batch['cpu_per_request_us'] / 100:,.1f} | {batch['redis_cpu_per_request_us'] / 100:,.1f} "
+                     f"| - | {100e6 / batch['cpu_per_request_us']:,.0f} |")
+    lines.append(f"| pushsvc.publisher into Redis (one loop) | {pub['events_per_s']:,.0f} | 0 "
+                 f"| {pub['redis_cpu_per_event_us']:,.1f} | {pub['publisher_cpu_per_event_us']:,.0f} | - |")
     return lines
 
 
@@ -869,6 +990,11 @@ def main() -> None:
     parser.add_argument("--max-rate", type=int, default=12800)
     parser.add_argument("--step-seconds", type=float, default=3.0)
     parser.add_argument("--publish-seconds", type=float, default=4.0)
+    parser.add_argument("--pin", action="store_true",
+                        help="publish phase: the server on one CPU, this load generator and Redis on the others")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="publish phase: run it this many times, the servers alternating; report the "
+                             "median round (and the median pushsvc/bare ratio of single-event CPU)")
     parser.add_argument("--profile", default="", help="directory: py-spy record pushsvc during each phase")
     parser.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames, e.g. the GC)")
     parser.add_argument("--no-throughput", action="store_true")
@@ -929,7 +1055,7 @@ def main() -> None:
                    f"Linux {platform.release()}, Python {platform.python_version()})",
         "argv": " ".join(["python bench/sse_bench.py", *sys.argv[1:]]),
         "args": {k: v for k, v in vars(args).items()}, "servers": labels,
-        "fanout": [], "throughput": {}, "publish": {}, "fixed": {},
+        "fanout": [], "throughput": {}, "publish": {}, "publish_rounds": {}, "fixed": {},
         "loadavg": os.getloadavg(),
     }
     try:
@@ -976,19 +1102,32 @@ def main() -> None:
             report["fixed_runs"] = runs
             report["fixed"] = {name: fixed_rate_mod.aggregate(r) for name, r in runs.items()}
         if not args.no_publish:
-            for name, label in zip(names, labels, strict=True):
-                if not (name.startswith("pushsvc") or name == "nchan"):
-                    continue
-                print(f"== {label}: POST /publish rate", flush=True)
-                server = make(name, redis.url, 0)
-                try:
-                    server.start()
-                    report["publish"][label] = publish_rate(server, args)
-                    print("   ", report["publish"][label], flush=True)
-                except Exception as exc:
-                    print(f"    publish bench failed: {type(exc).__name__}: {exc}", flush=True)
-                finally:
-                    server.stop()
+            rounds: dict[str, list[dict[str, Any]]] = report["publish_rounds"]
+            for round_no in range(1, args.rounds + 1):  # servers alternate within each round
+                for name, label in zip(names, labels, strict=True):
+                    if not (name.startswith("pushsvc") or name == "nchan"):
+                        continue
+                    for attempt in (1, 2):  # a failed round is run once more (the machine is shared)
+                        print(f"== {label}: POST /publish rate (round {round_no} of {args.rounds}, "
+                              f"load {os.getloadavg()[0]:.2f})", flush=True)
+                        server = make(name, redis.url, 0)
+                        try:
+                            server.start()
+                            if args.pin:
+                                pin_publish_phase(server.pid, redis.proc.pid)
+                            result = {"round": round_no, **publish_rate(server, args, redis_pid=redis.proc.pid)}
+                            rounds.setdefault(label, []).append(result)
+                            print("   ", rounds[label][-1], flush=True)
+                            break
+                        except Exception as exc:
+                            print(f"    publish bench failed (attempt {attempt}): {type(exc).__name__}: {exc}",
+                                  flush=True)
+                        finally:
+                            server.stop()
+            report["publish"] = {label: median_round(results) for label, results in rounds.items()}
+            if args.pin:  # the phases after this one run unpinned
+                for pid in (0, redis.proc.pid):
+                    os.sched_setaffinity(pid, set(ALL_CPUS))
     finally:
         redis.stop()
     report["loadavg_end"] = os.getloadavg()

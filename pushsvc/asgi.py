@@ -22,11 +22,11 @@ import ipaddress
 import logging
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .logs import request_id_var
+from .randomness import token_hex16
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -98,7 +98,7 @@ class RequestContext:
             if real != client[0]:
                 scope["client"] = (real, 0)
         incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else token_hex16() + token_hex16()
         scope[REQUEST_ID_KEY] = request_id
         scope[RAW_SEND_KEY] = send
         token = request_id_var.set(request_id)
@@ -137,8 +137,11 @@ class RequestContext:
                 },
             )
             return
+        level = logging.DEBUG if scope.get("path") in QUIET_PATHS else logging.INFO
+        if not access_log.isEnabledFor(level):
+            return
         access_log.log(
-            logging.DEBUG if scope.get("path") in QUIET_PATHS else logging.INFO,
+            level,
             "request",
             extra={
                 "request_id": request_id, "client": client, "method": scope.get("method"),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import sse, wire
@@ -98,12 +98,20 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# One decoder for every body (json.loads with options builds a new one per call).
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def loads(raw: bytes | str) -> Any:
     """Strict JSON: UTF-8 only (json.loads would take UTF-16/32 bytes), no NaN/Infinity
     (a browser's JSON.parse would choke on them)."""
-    if isinstance(raw, bytes | bytearray | memoryview):
-        raw = bytes(raw).decode("utf-8")  # UnicodeDecodeError is a ValueError
-    return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8")  # UnicodeDecodeError is a ValueError
+    elif not isinstance(raw, str):  # bytearray, memoryview
+        raw = bytes(raw).decode("utf-8")
+    if raw.startswith("\ufeff"):  # as json.loads
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", raw, 0)
+    return _DECODER.decode(raw)
 
 
 def _depth_ok(value: Any, limit: int) -> bool:
@@ -139,9 +147,14 @@ class Event:
     type: str | None = None
     retry: int | None = None
     idempotency_key: str | None = None  # the per-event key (`idempotency_key` field)
+    #: `message_prefix()` as `event_from_json` computed it (None: computed on demand).
+    #: Give it only with these very fields (``dataclasses.replace`` would keep it).
+    wire_prefix: bytes | None = field(default=None, compare=False, repr=False)
 
     def message_prefix(self) -> bytes:
         """The wire JSON without its closing brace; the publish step appends the position."""
+        if self.wire_prefix is not None:
+            return self.wire_prefix
         return wire.message_prefix(self.data, self.type, self.retry)
 
 
@@ -155,7 +168,7 @@ def event_from_json(obj: object, limits: Limits | int) -> Event:
         limits = Limits(max_event_bytes=limits)
     if not isinstance(obj, dict):
         raise EventError("invalid_event", "each event must be a JSON object")
-    unknown = set(obj) - EVENT_FIELDS
+    unknown = () if EVENT_FIELDS.issuperset(obj) else set(obj) - EVENT_FIELDS
     if unknown:
         raise EventError("invalid_event", f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
     if "data" not in obj:
@@ -169,25 +182,26 @@ def event_from_json(obj: object, limits: Limits | int) -> Event:
         channels = tuple(dict.fromkeys(check_channel(c) for c in raw_channels))
     else:
         channels = (check_channel(raw_channels),)
-    if not _depth_ok(obj["data"], MAX_JSON_DEPTH):
+    if isinstance(obj["data"], dict | list) and not _depth_ok(obj["data"], MAX_JSON_DEPTH):
         raise EventError("invalid_data", f"data is nested deeper than {MAX_JSON_DEPTH} levels")
     key = obj.get("idempotency_key")
-    event = Event(
-        channels, obj["data"], check_event_type(obj.get("type")),
-        check_retry(obj.get("retry"), limits.max_retry_ms),
-        None if key is None else check_idempotency_key(key),
-    )
+    data, type_ = obj["data"], check_event_type(obj.get("type"))
+    retry = check_retry(obj.get("retry"), limits.max_retry_ms)
+    if key is not None:
+        key = check_idempotency_key(key)
     try:
-        size = len(event.message_prefix())
+        prefix = wire.message_prefix(data, type_, retry)
     except UnicodeEncodeError:
         raise EventError("invalid_data", "data contains invalid unicode (lone surrogates)") from None
     except RecursionError:
         raise EventError("invalid_data", f"data is nested deeper than {MAX_JSON_DEPTH} levels") from None
     except (ValueError, TypeError) as exc:  # NaN, sets, objects... from a Python API caller
         raise EventError("invalid_data", f"data is not JSON: {exc}") from None
-    if size > limits.max_event_bytes:
-        raise EventError("event_too_large", f"event is {size} bytes, the limit is {limits.max_event_bytes}")
-    return event
+    if len(prefix) > limits.max_event_bytes:
+        raise EventError(
+            "event_too_large", f"event is {len(prefix)} bytes, the limit is {limits.max_event_bytes}"
+        )
+    return Event(channels, data, type_, retry, key, prefix)
 
 
 @dataclass(slots=True)

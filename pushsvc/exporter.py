@@ -66,6 +66,8 @@ COUNTER_HELP = {
     "write_timeouts": "Streams ended because a write stayed pending for PUSHSVC_WRITE_TIMEOUT_SECONDS.",
     "publish_failures": "POST /publish answered 503 because the broker was unavailable.",
     "redis_reconnects": "Times the Redis pub/sub connection was lost and re-established.",
+    "redis_publish_pipelines": "Pipelines of publish script calls sent to Redis (concurrent publishes share one).",
+    "redis_publish_pipeline_requests": "Publish requests those pipelines carried.",
     "redis_shard_messages": "Redis Cluster: messages read on the shard's sharded pub/sub connection.",
     "redis_shard_reconnects": "Redis Cluster: times the shard's pub/sub connection was lost and re-established.",
     "redis_shard_resubscriptions": "Redis Cluster: channels moved to this shard (failover, slot moved).",
@@ -119,6 +121,10 @@ def local_snapshot(rt: Runtime) -> dict[str, Any]:
     """This process's values, as written to the snapshot file."""
     counters = rt.metrics.snapshot()
     counters["redis_reconnects"] = int(getattr(rt.broker, "reconnects", 0))
+    batcher = getattr(rt.broker, "batcher", None)  # single Redis: its publish pipelines
+    if batcher is not None:
+        counters["redis_publish_pipelines"] = batcher.pipelines
+        counters["redis_publish_pipeline_requests"] = batcher.requests
     shards = getattr(rt.broker, "shards", None)  # Redis Cluster: per shard (a fixed, small set)
     if callable(shards):
         for address, figures in shards().items():

@@ -17,8 +17,9 @@ request is plain -- no CORS configured, no ``Origin`` header, a ``Content-Length
 than ``PUSHSVC_MAX_BODY_BYTES`` -- by the core's `publish_request`, every ApiError rendered
 by the core's renderer (as `app.py`'s handlers render them).  Anything else (chunked
 bodies, oversized ones, CORS) goes to Quart.  The body is read within Quart's
-``BODY_TIMEOUT`` (else 408, as Quart); a client that disconnects mid-body gets nothing, as
-with Quart; any unexpected exception is logged and answered with the JSON 500.
+``BODY_TIMEOUT`` (else 408, as Quart; checked once a second rather than with a timer per
+request); a client that disconnects mid-body gets nothing, as with Quart; any unexpected
+exception is logged and answered with the JSON 500.
 
 Disconnects: Hypercorn does not cancel a bare ASGI app when the peer goes away, it sends
 ``http.disconnect`` through ``receive()``.  So a small watcher awaits ``receive()`` and,
@@ -32,15 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
 from .asgi import RAW_SEND_KEY, STREAM_KEY, Receive, Scope, Send
 from .auth import Authority
-from .core.errors import JSON_TYPE, ApiError, internal_error, json_bytes, render_error
-from .core.publishing import publish_request
+from .core.errors import JSON_TYPE, ApiError, internal_error, render_error
+from .core.publishing import answer_bytes, publish_request
 from .core.streams import PumpedBody, new_session, pump, requested_channels, stream_headers_raw, stream_request
 from .errors import from_http_exception
 from .runtime import Runtime
@@ -114,6 +115,50 @@ def _publish_headers(scope: Scope, max_body: int) -> tuple[str | None, str | Non
     return authorization, content_type, idempotency_key
 
 
+class _BodyDeadlines:
+    """Body reads in progress and when each must end: one ticker (every second, or the
+    timeout when it is shorter, only while some read waits) cancels the overdue ones, whose
+    read then raises 408 -- instead of an ``asyncio.timeout`` (a timer) per request, most of
+    whose bodies arrive with their headers.  A read ends within the timeout plus one tick."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._reading: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._ticker: asyncio.TimerHandle | None = None
+
+    async def read(self, read: Callable[[], Awaitable[bytes]]) -> bytes:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        self._reading[task] = loop.time() + self.seconds
+        if self._ticker is None:
+            self._ticker = loop.call_later(self._tick_seconds(), self._tick)
+        try:
+            return await read()
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise
+            task.uncancel()
+            raise RequestTimeout() from None
+        finally:
+            del self._reading[task]
+            self._expired.discard(task)
+
+    def _tick_seconds(self) -> float:
+        return min(1.0, self.seconds)
+
+    def _tick(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for task, deadline in self._reading.items():
+            if deadline <= now and task not in self._expired:
+                self._expired.add(task)
+                task.cancel()
+        self._ticker = None
+        if self._reading:
+            self._ticker = asyncio.get_running_loop().call_later(self._tick_seconds(), self._tick)
+
+
 class FastPath:
     """ASGI app: plain ``GET /stream`` and ``POST /publish`` served directly, everything
     else by `inner` (Quart)."""
@@ -125,6 +170,7 @@ class FastPath:
         self.enabled = not self.rt.settings.cors_origins
         self.max_body: int = app.config["MAX_CONTENT_LENGTH"]
         self.body_timeout: float | None = app.config["BODY_TIMEOUT"]
+        self._deadlines: _BodyDeadlines | None = None
         provider = app.json
         # Quart's JSON answers (`provider.response()`) are `json_bytes` unless in debug mode.
         compact = provider.compact if provider.compact is not None else not app.debug
@@ -148,7 +194,7 @@ class FastPath:
                 except Exception:  # pragma: no cover - headers Hypercorn accepted; Quart will answer
                     plain = None
                 if plain is not None:
-                    await self._publish(plain, receive, send)
+                    await self._publish(plain, receive, send, scope.get(RAW_SEND_KEY, send))
                     return
         if scope["type"] == "http" and not _utf8(scope.get("query_string", b"")):
             # Quart's URL matching decodes the query string unguarded: it would crash (500).
@@ -161,18 +207,16 @@ class FastPath:
     # -- POST /publish -------------------------------------------------------------------
 
     async def _publish(
-        self, plain: tuple[str | None, str | None, str | None], receive: Receive, send: Send
+        self, plain: tuple[str | None, str | None, str | None], receive: Receive, send: Send, raw_send: Send
     ) -> None:
         authorization, content_type, idempotency_key = plain
 
         async def read_body() -> bytes:
             if self.body_timeout is None:
                 return await self._read_body(receive)
-            try:
-                async with asyncio.timeout(self.body_timeout):
-                    return await self._read_body(receive)
-            except TimeoutError:
-                raise RequestTimeout() from None
+            if self._deadlines is None or self._deadlines.seconds != self.body_timeout:
+                self._deadlines = _BodyDeadlines(self.body_timeout)
+            return await self._deadlines.read(lambda: self._read_body(receive))
 
         try:
             result, status, headers = await publish_request(
@@ -188,15 +232,18 @@ class FastPath:
             log.exception("unexpected error")
             await self._answer(send, *render_error(internal_error()))
         else:
-            await self._answer(send, status, headers, json_bytes(result))
+            await self._answer(send, status, headers, answer_bytes(result), raw_send)
 
     @staticmethod
-    async def _answer(send: Send, status: int, headers: dict[str, str], body: bytes) -> None:
-        """A JSON answer, with the headers Quart would give it."""
+    async def _answer(
+        send: Send, status: int, headers: dict[str, str], body: bytes, send_body: Send | None = None
+    ) -> None:
+        """A JSON answer, with the headers Quart would give it; `send_body`: the server's own
+        ``send`` for the body (only the start message needs the request-id wrapper)."""
         start = [(b"content-type", JSON_TYPE.encode()), (b"content-length", str(len(body)).encode())]
         start += [(key.lower().encode(), value.encode()) for key, value in headers.items()]
         await send({"type": "http.response.start", "status": status, "headers": start})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        await (send_body or send)({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _read_body(self, receive: Receive) -> bytes:
         """The request body: every ``http.request`` message until ``more_body`` is false

@@ -128,8 +128,12 @@ def channel_of_live(name: str) -> str | None:
 # -- the envelope --------------------------------------------------------------------------
 
 
+# One encoder (json.dumps with options builds a new one per call).
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _ENCODE(value)
 
 
 def message_prefix(data: Any, type_: str | None, retry: int | None) -> bytes:

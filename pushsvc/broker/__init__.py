@@ -7,13 +7,12 @@ the embedded single-process default.
 
 from __future__ import annotations
 
-import base64
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..events import Event
+from ..randomness import token_b32_8
 from ..wire import Position, history_entry_seq, history_key, meta_key
 from .scripts import Idempotency, IdempotencyConflict
 
@@ -25,7 +24,7 @@ __all__ = [
 
 def new_epoch() -> str:
     """8 random characters of [a-z2-7] (40 bits): cheap enough to draw one per channel."""
-    return base64.b32encode(secrets.token_bytes(5)).decode("ascii").lower()
+    return token_b32_8()
 
 
 class BrokerUnavailable(Exception):

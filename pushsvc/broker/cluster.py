@@ -25,7 +25,10 @@ refresher sees a slot's master change, a prover asks the old master whether it r
 new one by a partial resync (the proof), and records the verdict in the moved slots' proof
 hashes on the new master, where every caller's script reads it; until then the guard
 answers *pending* and calls are retried (bounded), so a planned failover resets nothing.
-A slot moved to another master (resharding) is not provable: its channels start afresh.
+A slot moved to another master (resharding) is blessed the same way: the prover checks
+that the former master is still the one it read (run_id) and records its replication id
+on the new master, whose guard then keeps the moved channels' epochs -- when the new master
+never took over another master's history (failover.py, "Slot migrations").
 
 Why not redis-py's cluster pub/sub.  ``redis.asyncio.cluster.ClusterPubSub`` keeps one
 `PubSub` per node and ``get_sharded_message`` polls them one after another, each with the
@@ -73,9 +76,12 @@ from .failover import (
     GRACE_SECONDS,
     INFO_LUA,
     PROOF_WINDOW_SECONDS,
+    RECORD_MIGRATION_LUA,
     RECORD_PROOF_LUA,
     Replication,
     lossless_successor,
+    migration_blessing,
+    pristine,
     proof_key,
     proof_key_of_slot,
 )
@@ -411,14 +417,17 @@ class ClusterBroker:
         """Ask the old master, for at most PROOF_WINDOW_SECONDS, whether the new one took over
         without loss; record the verdict in the moved slots' proof hashes on the new master
         (a proven predecessor, or "done" alone: the guard then resets at once instead of
-        letting callers wait).  A slot that moved to another master (resharding) cannot be
-        proven this way: its channels start afresh, as before."""
+        letting callers wait).  A slot that moved to another master (resharding) is not a
+        failover: `_bless_migration` records its verdict."""
         run_id = self._run_ids.get(old, "")
         try:
             successor = await self._info(new)
         except UNAVAILABLE as exc:
             log.warning("redis cluster: new master does not answer", extra={"shard": new, "error": type(exc).__name__})
             return  # nothing can be recorded there; its guard waits out the grace
+        if migrated:
+            await self._bless_migration(old, new, run_id, successor, slots)
+            return
         if successor.role != "master" or self._proven.get(new) == successor.replid:
             return  # not a master (a stale view), or this handover is proven and recorded already
         loop = asyncio.get_running_loop()
@@ -460,7 +469,40 @@ class ClusterBroker:
                         extra={"old": old, "shard": new, "slots": len(slots), "why": why, "recorded": recorded,
                                **timing})
 
+    async def _bless_migration(self, old: str, new: str, run_id: str, target: Replication, slots: list[int]) -> None:
+        """Slots moved from master `old` to master `new` (resharding): record on `new`, in the
+        slots' proof hashes, the replication ids whose stamps its guard may keep (failover.py,
+        "Slot migrations"): `old`'s, when `old` is still the master this process read (same
+        run_id).  Nothing is recorded while `old` does not answer: the guard waits, then resets."""
+        if target.role != "master":
+            return  # a stale view
+        try:
+            source = await self._info(old)
+        except UNAVAILABLE as exc:
+            log.warning("redis cluster: a slot's former master does not answer", extra={
+                "old": old, "shard": new, "error": type(exc).__name__})
+            return
+        blessed, inherit = migration_blessing(run_id, source)
+        if not pristine(target):
+            blessed, inherit = "", False  # condition (a): the guard would refuse it anyway; say so at once
+        recorded = await self._record(RECORD_MIGRATION_LUA, new, [target.replid, blessed, "1" if inherit else ""],
+                                      slots)
+        if not blessed:  # counted, as before, with the master changes that reset (/metrics)
+            counts = self._proofs.setdefault(new, {"proven": 0, "unproven": 0})
+            counts["unproven"] += 1
+        extra = {"old": old, "shard": new, "slots": len(slots), "recorded": recorded}
+        if blessed:
+            log.info("redis cluster slots moved: their channels keep their ids", extra=extra)
+        else:
+            why = ("the new master took over another master's history (master_replid2 set)" if not pristine(target)
+                   else "the former master is not the one this process saw (restarted, demoted, or never seen)")
+            log.warning("redis cluster slots moved without a blessing: their channels start new epochs",
+                        extra={**extra, "why": why})
+
     async def _record_proof(self, address: str, replid: str, predecessor: str, slots: list[int]) -> bool:
+        return await self._record(RECORD_PROOF_LUA, address, [replid, predecessor], slots)
+
+    async def _record(self, script: str, address: str, head: list[str], slots: list[int]) -> bool:
         """Write the verdict into the slots' proof hashes on the new master: first the slots of
         this process's channels (their publishes and resyncs are waiting), then the rest."""
         mine = {slot_of(channel) for channel in self._wanted}
@@ -468,11 +510,11 @@ class ClusterBroker:
         client = self._client(address)
         try:
             async with asyncio.timeout(self.timeout * 4):
-                sha = await client.script_load(RECORD_PROOF_LUA)
+                sha = await client.script_load(script)
                 first = sum(1 for slot in ordered if slot in mine)
                 for chunk in (ordered[:first], *(ordered[i:i + 1000] for i in range(first, len(ordered), 1000))):
                     if chunk:
-                        await client.evalsha(sha, 0, replid, predecessor, *map(proof_key_of_slot, chunk))
+                        await client.evalsha(sha, 0, *head, *map(proof_key_of_slot, chunk))
         except (ResponseError, *UNAVAILABLE) as exc:  # a slot that moved on meanwhile
             log.warning("redis cluster: could not record a failover verdict", extra={"shard": address,
                                                                                        "error": type(exc).__name__})

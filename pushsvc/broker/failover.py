@@ -84,8 +84,45 @@ def proof_key(channel: str) -> str:
 
 # -- the Lua pieces ----------------------------------------------------------------------
 
-REPLID_LUA = "local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')"
+NO_ID = "0" * 40
 
+# The node's replication id and its second one (all zeros on a node that never took over
+# another master's history: never promoted from replica, never restarted from an RDB file
+# that carried a replication id).
+REPLID_LUA = "\n".join([
+    "local replinfo = redis.call('INFO', 'replication')",
+    "local replid = string.match(replinfo, 'master_replid:(%w+)')",
+    "local replid2 = string.match(replinfo, 'master_replid2:(%w+)')",
+])
+
+# Slot migrations (resharding).  A channel whose slot moved from master S (replication id
+# X) to master T arrives with ``rid`` = X.  Its keys are S's authoritative state: MIGRATE
+# copies them key by key and deletes them on S only once T has them, S can no longer write
+# them (it answers ASK), and the script, whose keys are all the channel's, is answered
+# TRYAGAIN until all of them are on T.  So T may keep the epoch -- provided the copy it
+# holds is that latest state, not an older one.  The guard accepts a foreign ``rid`` listed
+# in ``mig:<T's id>`` of the slot's proof hash only when
+#   (a) T has never taken over another master's history: its ``master_replid2`` is all
+#       zeros.  A promoted replica (lossless or not) and a master restarted from an RDB
+#       file (Redis 7 keeps the old id as id2) have it set; such a node may hold *stale*
+#       copies of the slot's keys -- e.g. T's replica missed the DEL of a channel that left
+#       T and came back, then was promoted lossily: its copy is older than the one S went on
+#       writing, yet stamped with the same X.  On such a node a migrated channel starts
+#       afresh, as before;
+#   (b) a pushsvc process recorded the list for this arrival (`migration_blessing`): it saw
+#       the slot go from S to T, and S is still a master with the run_id the process read
+#       while S was master and the replication id X it blesses (a restarted S has a new id
+#       and a new run_id; a demoted S is not a master).  Only X (S's own writes) is blessed,
+#       plus -- when S itself satisfies (a) -- the ids S had accepted the same way
+#       (``mig:X``: a channel that moved twice without being touched).  A slot that came
+#       from a node failing (a) or (b) gets ``done`` alone: its foreign stamps reset at once.
+# The list is written into the slot's proof hash on T, as a failover verdict, so every
+# caller (services, `pushsvc.publisher`) reads the same one; until it is there the guard
+# answers pending (at most GRACE_SECONDS, then it resets: no process saw the move).
+# Not covered (as before this change, and independent of it): a stale copy stamped with
+# S's *own* id that returns to S itself is taken as S's own -- it needs a lossy failover of
+# a node whose replica missed a departure of the slot and its return, the channel untouched
+# there, then a move back to S (docs/redis.md, "What is not covered").
 # guard(meta, proof) -> epoch (kept), false (none, or must start afresh), or 'pending'.
 # The guard only reads the proof hash (a key it created could collide with the slot's own
 # proof hash when a resharding MIGRATEs it in: BUSYKEY); the wait starts in the meta.
@@ -97,6 +134,9 @@ local function guard(meta, proof)
   if rid == replid then return epoch end
   if rid then
     local ok = redis.call('HGET', proof, 'ok:' .. replid)
+    if not (ok and string.find(' ' .. ok .. ' ', ' ' .. rid .. ' ', 1, true)) and replid2 == '{NO_ID}' then
+      ok = redis.call('HGET', proof, 'mig:' .. replid)
+    end
     if ok and string.find(' ' .. ok .. ' ', ' ' .. rid .. ' ', 1, true) then
       redis.call('HSET', meta, 'rid', replid)
       redis.call('HDEL', meta, 'wait')
@@ -147,6 +187,38 @@ RECORD_PROOF_LUA = "\n".join([
 ])
 
 
+# KEYS: none.  ARGV: the new master's replication id (nothing done on a node with another
+# id), the migration source's id ('' when it is not blessed), then proof hashes of slots
+# of this node.  Per hash: ``mig:<id>`` lists the source's id and (ARGV[3]: the source
+# had list ``mig:<source id>``, inherited when the source passed condition (a)), ``from:``
+# the source, ``done:`` the verdict.  The hash is otherwise emptied: what it said of other
+# nodes' ids was true of an earlier stay of the slot.  A second recorder of the same
+# arrival (several processes saw it) changes nothing.
+RECORD_MIGRATION_LUA = "\n".join([
+    "#!lua flags=allow-cross-slot-keys",
+    REPLID_LUA,
+    "if replid ~= ARGV[1] then return 0 end",
+    "for i = 4, #ARGV do",
+    "  local key = ARGV[i]",
+    "  local done = redis.call('HEXISTS', key, 'done:' .. replid) == 1",
+    "  if not (done and redis.call('HGET', key, 'from:' .. replid) == ARGV[2]) then",
+    "    local words, seen = {}, {}",
+    "    local function add(list)",
+    "      for word in string.gmatch(list or '', '%w+') do",
+    f"        if not seen[word] and #words < {MAX_CHAIN} then seen[word] = true; words[#words + 1] = word end",
+    "      end",
+    "    end",
+    "    add(ARGV[2])",
+    "    if ARGV[2] ~= '' and ARGV[3] == '1' then add(redis.call('HGET', key, 'mig:' .. ARGV[2])) end",
+    "    redis.call('DEL', key)",
+    "    if #words > 0 then redis.call('HSET', key, 'mig:' .. replid, table.concat(words, ' ')) end",
+    "    redis.call('HSET', key, 'from:' .. replid, ARGV[2], 'done:' .. replid, '1')",
+    "  end",
+    "end",
+    "return 1",
+])
+
+
 # -- the proof ---------------------------------------------------------------------------
 
 
@@ -184,9 +256,6 @@ class Replication:
 INFO_LUA = "#!lua flags=no-writes\nreturn redis.call('INFO', 'server', 'replication')"
 
 
-NO_ID = "0" * 40
-
-
 def lossless_successor(old_run_id: str, old: Replication, new: Replication) -> str | None:
     """The replication id the new master took over losslessly from the old one, or None
     when this is not (or not yet) proven.  `old_run_id` is the old master's ``run_id``
@@ -201,3 +270,18 @@ def lossless_successor(old_run_id: str, old: Replication, new: Replication) -> s
     if old.replid2 != predecessor or old.second_offset != new.second_offset:
         return None  # full sync (id2 cleared) or a different switch point
     return predecessor
+
+
+def pristine(node: Replication) -> bool:
+    """Condition (a): the node never took over another master's history (no second id)."""
+    return node.replid2 in ("", NO_ID)
+
+
+def migration_blessing(source_run_id: str, source: Replication) -> tuple[str, bool]:
+    """Condition (b), for a slot that moved from `source` to another master: the source's
+    replication id to bless on the target ('' when the source is not the master this
+    process read as `source_run_id`), and whether the source's own migration list may be
+    inherited (it passes condition (a))."""
+    if not source_run_id or source.run_id != source_run_id or source.role != "master" or not source.replid:
+        return "", False
+    return source.replid, pristine(source)

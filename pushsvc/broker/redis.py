@@ -14,9 +14,10 @@ id, whatever it carries).  A channel counts as subscribed once both are confirme
 and formats: `pushsvc.wire`.
 
 Publishing: every request is one script call per event (`scripts.py`), each carrying an
-idempotency record, so any retry is harmless.  A failure before the pipeline is sent (no
-connection from the pool, cannot connect) is `BrokerUnavailable` (nothing stored); after
-it was sent, `OutcomeUnknown`.
+idempotency record, so any retry is harmless.  Concurrent requests share pipelines
+(`batcher.py`), sent on the publish connection of their own (`ScriptPipelines`, one per
+pipeline in flight: one).  A failure before the pipeline is sent (cannot connect) is
+`BrokerUnavailable` (nothing stored); after it was sent, `OutcomeUnknown`.
 
 The pub/sub connection is driven by hand (`pubsub.PubSubLoop`, not redis-py's `PubSub`,
 which re-subscribes silently after a reconnect and so hides gaps); every confirmation is
@@ -27,15 +28,17 @@ healed, never hidden.  Cross-process subscriber counts: `counting.py`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
+from redis.asyncio.connection import BlockingConnectionPool, Connection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 
 from ..events import Event
 from ..wire import CONTROL_CHANNEL, EMPTY, Position, channel_of_live, live_channel, meta_key
@@ -49,6 +52,7 @@ from . import (
     new_epoch,
     queue_history_reads,
 )
+from .batcher import Batcher
 from .counting import SubscriberCounter
 from .pubsub import UNAVAILABLE, PubSubLoop, route_message, text
 from .scripts import (
@@ -65,10 +69,134 @@ log = logging.getLogger("pushsvc.redis")
 
 _UNAVAILABLE = UNAVAILABLE
 
-_Pending = tuple[list[Call], "asyncio.Future[list[Any]]"]  # one publish request and its answer
-
-
 _text = text
+
+#: Publish pipelines waiting for Redis at once (`batcher.py`): with one, everything that
+#: arrives during a round trip leaves in the next pipeline.
+PUBLISH_PIPELINES = 1
+
+
+def pack_evalsha(sha: str, calls: Sequence[Call]) -> bytes:
+    """The RESP bytes of ``EVALSHA sha numkeys key... arg...`` for every call, as redis-py
+    packs them (str as UTF-8, int as decimal, bytes as they are) -- ASCII text, most of a
+    publish's arguments, formatted as one string."""
+    head = f"$7\r\nEVALSHA\r\n${len(sha)}\r\n{sha}\r\n"
+    chunks: list[bytes] = []
+    text: list[str] = []
+    for keys, args in calls:
+        numkeys = str(len(keys))
+        text.append(f"*{3 + len(keys) + len(args)}\r\n{head}${len(numkeys)}\r\n{numkeys}\r\n")
+        for item in (*keys, *args):
+            if type(item) is str and item.isascii():
+                text.append(f"${len(item)}\r\n{item}\r\n")
+            elif type(item) is int:
+                digits = str(item)
+                text.append(f"${len(digits)}\r\n{digits}\r\n")
+            else:
+                raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
+                text.append(f"${len(raw)}\r\n")
+                chunks.append("".join(text).encode("ascii"))
+                chunks.append(raw)
+                text = ["\r\n"]
+    chunks.append("".join(text).encode("ascii"))
+    return b"".join(chunks)
+
+
+class ScriptPipelines:
+    """The publish pipelines' own connections, one per pipeline in flight, driven directly:
+    the pipeline packed by `pack_evalsha`, sent in one write, its replies read one by one,
+    under one time budget for the whole exchange.  (redis-py's ``Pipeline`` adds a timeout
+    per read and a task per write: most of what a publish cost this process.)
+
+    A failure before the pipeline is sent (cannot connect) is `BrokerUnavailable`: nothing
+    was stored; after it, `OutcomeUnknown`.  A connection that breaks (Redis restarted, the
+    connection killed) is reconnected and the pipeline sent again, once: every call carries
+    an idempotency record, so a call that had run answers from it and stores nothing twice.
+    A call answered ``NOSCRIPT`` (Redis lost its script cache) did not run: the script is
+    loaded and that call sent again, once.  A connection whose exchange failed or was cut
+    short is closed, never reused with replies still pending on it."""
+
+    def __init__(self, url: str, timeout_seconds: float, script: str) -> None:
+        # No socket timeout: the budget bounds every exchange (connect, send and reads).
+        self._pool = ConnectionPool.from_url(
+            url, socket_timeout=None, socket_connect_timeout=timeout_seconds, retry=Retry(NoBackoff(), 0)
+        )
+        self._idle: list[Connection] = []
+        self._script = script
+        self._sha = hashlib.sha1(script.encode("utf-8")).hexdigest()
+
+    async def prepare(self, count: int, timeout: float) -> None:
+        """Connect `count` connections ahead of the first publish (best effort: a Redis that
+        is down now is met again by the first publish)."""
+        for _ in range(count - len(self._idle)):
+            conn: Connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+            try:
+                async with asyncio.timeout(timeout):
+                    await conn.connect()  # type: ignore[no-untyped-call]
+            except _UNAVAILABLE:
+                await conn.disconnect(nowait=True)
+            self._idle.append(conn)
+
+    async def send(self, calls: list[Call], budget: float) -> list[Any]:
+        """Each call's reply (a ResponseError instance for an error reply), in order."""
+        conn = self._idle.pop() if self._idle else self._pool.make_connection()  # type: ignore[no-untyped-call]
+        sent = False
+        try:
+            async with asyncio.timeout(budget):
+                if not conn.is_connected:
+                    await conn.connect()  # failing here stores nothing
+                sent = True
+                return await self._exchange(conn, calls)
+        except _UNAVAILABLE as exc:
+            await conn.disconnect(nowait=True)
+            what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if sent:
+                raise OutcomeUnknown(f"redis did not answer the publish in time ({what})") from None
+            raise BrokerUnavailable(f"redis publish failed: {what}") from None
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            self._idle.append(conn)
+
+    async def _exchange(self, conn: Connection, calls: list[Call]) -> list[Any]:
+        replies: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        reconnects = reloads = 1
+        while pending:
+            try:
+                await conn.send_packed_command(pack_evalsha(self._sha, [calls[i] for i in pending]), False)
+                got = [await _reply(conn) for _ in pending]
+            except RedisConnectionError:
+                if not reconnects:
+                    raise
+                reconnects -= 1
+                await conn.disconnect(nowait=True)
+                continue  # sent again on a fresh connection (send_packed_command reconnects)
+            missing = []
+            for i, reply in zip(pending, got, strict=True):
+                replies[i] = reply
+                if isinstance(reply, NoScriptError) and reloads:
+                    missing.append(i)
+            if missing:
+                reloads -= 1
+                await conn.send_packed_command(conn.pack_command("SCRIPT", "LOAD", self._script), False)
+                await conn.read_response()
+            pending = missing
+        return replies
+
+    async def close(self) -> None:
+        for conn in self._idle:
+            await conn.disconnect()
+        self._idle.clear()
+        await self._pool.disconnect()
+
+
+async def _reply(conn: Connection) -> Any:
+    try:
+        return await conn.read_response()
+    except ResponseError as error:  # this call's error: the others' replies follow it
+        return error
 
 
 class RedisBroker:
@@ -99,11 +227,12 @@ class RedisBroker:
             url, max_connections=max_connections, timeout=timeout_seconds, **common
         )
         self.client = aioredis.Redis(connection_pool=self._pool)
-        self._script = self.client.register_script(PUBLISH_LUA)
-        self._batch: list[_Pending] = []
-        self._batch_copies = 0
-        self.max_copies = max_copies(timeout_seconds)
-        self._flushes: set[asyncio.Task[None]] = set()
+        self._pipelines = ScriptPipelines(url, timeout_seconds, PUBLISH_LUA)
+        self._prepare: asyncio.Task[None] | None = None
+        self.batcher = Batcher(
+            self._pipelines.send, max_copies=max_copies(timeout_seconds), timeout=timeout_seconds,
+            in_flight=PUBLISH_PIPELINES,
+        )
         pubsub_pool = ConnectionPool.from_url(
             url, protocol=2, client_name="pushsvc-pubsub", **{**common, "retry": Retry(NoBackoff(), 0)}
         )
@@ -127,14 +256,19 @@ class RedisBroker:
         self._counter.listener = listener
         self._loop.want([CONTROL_CHANNEL])
         self._loop.start()
+        self._prepare = asyncio.get_running_loop().create_task(
+            self._pipelines.prepare(PUBLISH_PIPELINES, self.timeout)
+        )
 
     async def stop(self) -> None:
-        for flush in list(self._flushes):
-            flush.cancel()
+        self.batcher.cancel()
+        if self._prepare is not None:
+            self._prepare.cancel()
         await self._loop.stop()
         await self._counter.stop()
         await self.client.aclose()
         await self._pool.disconnect()
+        await self._pipelines.close()
 
     def status(self) -> tuple[bool, str]:
         ok, why = self._loop.responsive()
@@ -147,73 +281,13 @@ class RedisBroker:
     # -- publishing and history ------------------------------------------------------
 
     async def publish(self, events: Sequence[Event], idempotency: Idempotency | None = None) -> Published:
-        """Store and publish, in order.  Publishes that arrive in the same loop iteration
-        (concurrent requests) share pipeline round trips; each gets its own replies."""
+        """Store and publish, in order.  Concurrent publishes share pipelines (`batcher.py`);
+        each gets its own replies."""
         # A fresh epoch per channel (used only if the channel has none yet): epochs must differ
         # between channels, or a resume id replayed against another channel set could pass.
         calls = calls_for(events, idempotency, self.history_size, self.history_ttl_seconds, new_epoch)
-        done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        count = copies(events)
-        if self._batch and self._batch_copies + count > self.max_copies:
-            self._flush_batch()  # one pipeline holds at most what one request may
-        self._batch.append((calls, done))
-        self._batch_copies += count
-        if len(self._batch) == 1:
-            asyncio.get_running_loop().call_soon(self._flush_batch)
-        ids, replayed = read_replies(await done)
+        ids, replayed = read_replies(await self.batcher.submit(calls, copies(events)))
         return Published(ids, replayed)
-
-    def _flush_batch(self) -> None:
-        if not self._batch:
-            return
-        batch, self._batch, self._batch_copies = self._batch, [], 0
-        task = asyncio.get_running_loop().create_task(self._send_batch(batch))
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
-
-    async def _send_batch(self, batch: list[_Pending]) -> None:
-        calls = [call for request_calls, _ in batch for call in request_calls]
-        sent = False
-        try:
-            async with asyncio.timeout(self.timeout):
-                async with self.client.pipeline(transaction=False) as pipe:
-                    # Take a connected connection first: failing here stores nothing.
-                    pipe.connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-                    sent = True
-                    replies = await self._evalsha_all(pipe, calls)
-        except _UNAVAILABLE as exc:
-            what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            failure: BrokerUnavailable
-            if sent:
-                failure = OutcomeUnknown(f"redis did not answer the publish in time ({what})")
-            else:
-                failure = BrokerUnavailable(f"redis publish failed: {what}")
-            for _, done in batch:
-                if not done.done():
-                    done.set_exception(failure)
-            return
-        start = 0
-        for request_calls, done in batch:
-            end = start + len(request_calls)
-            if not done.done():
-                done.set_result(replies[start:end])
-            start = end
-
-    async def _evalsha_all(self, pipe: Any, calls: list[Call]) -> list[Any]:
-        """One pipeline of EVALSHA; loads the script once if Redis lost it (restart).  A
-        NOSCRIPT reply means the script did not run, so sending the calls again is safe (and
-        any call that did run is answered from its idempotency record)."""
-        for attempt in range(2):
-            for keys, args in calls:
-                pipe.evalsha(self._script.sha, len(keys), *keys, *args)
-            try:
-                return list(await pipe.execute())
-            except NoScriptError:
-                if attempt:
-                    raise
-                await self.client.script_load(PUBLISH_LUA)
-                pipe.connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-        raise AssertionError("unreachable")
 
     async def position(self, channel: str) -> Position:
         try:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .. import wire
 from ..events import Event
+from ..randomness import token_hex16
 from . import failover
 
 INTERNAL_SCOPE = "~"  # internal retry tokens: never a caller's scope (scopes are [a-z0-9:])
@@ -75,7 +75,8 @@ _PRE_GUARD_LUA = "\n".join([
 # KEYS: meta, history; ARGV: fresh epoch, the slot's proof hash, '1' when the read was asked
 # of a migration's target (ASK: the slot still belongs to the source, which can no longer
 # write these keys; they are read as they are, the guard acts once the slot is the
-# target's, where a migrated channel starts afresh as after any unproven change of master).
+# target's, where a migrated channel keeps its epoch when the move is blessed -- failover.py,
+# "Slot migrations" -- and starts afresh otherwise).
 # Returns {0, epoch or false, seq}, or {PENDING} while a proof may still come.
 POSITION_LUA = "\n".join([
     failover.REPLID_LUA,
@@ -210,7 +211,7 @@ def _plans(events: Sequence[Event], idem: Idempotency | None) -> list[_Plan]:
     request_fp = "-"
     if idem is not None and idem.key is not None:
         request_fp = _digest(idem.scope, *(_event_digest(e, p) for e, p in zip(events, prefixes, strict=True)))
-    token = secrets.token_hex(8)
+    token = token_hex16()
     plans: list[_Plan] = []
     for n, (event, prefix) in enumerate(zip(events, prefixes, strict=True)):
         home = events[0].channels[0]
@@ -231,10 +232,32 @@ def calls_for(
     history_ttl_seconds: int, new_epoch: Any,
 ) -> list[Call]:
     """The script calls of one request, in order (one per event)."""
+    if idem is None:
+        return _internal_calls(events, history_size, history_ttl_seconds, new_epoch)
     return [
         plan.call(plan.event.channels, plan.home, history_size, history_ttl_seconds, new_epoch)
         for plan in _plans(events, idem)
     ]
+
+
+def _internal_calls(
+    events: Sequence[Event], history_size: int, history_ttl_seconds: int, new_epoch: Any,
+) -> list[Call]:
+    """`calls_for` without a caller's key (most publishes): what `_Plan.call` gives each
+    event then -- the request's internal token, field n -- built without the plans."""
+    record = wire.idempotency_key(events[0].channels[0], INTERNAL_SCOPE, token_hex16())
+    calls: list[Call] = []
+    for n, event in enumerate(events):
+        keys = [record]
+        args: list[Any] = [
+            "-", n, INTERNAL_WINDOW_SECONDS, event.message_prefix(), history_size, history_ttl_seconds,
+            _eid(record, n) if len(event.channels) > 1 else "",
+        ]
+        for channel in event.channels:
+            keys += [wire.meta_key(channel), wire.history_key(channel)]
+            args += [wire.live_channel(channel), new_epoch()]
+        calls.append((keys, args))
+    return calls
 
 
 def cluster_calls_for(

@@ -37,10 +37,13 @@ def internal_error() -> ApiError:
     return ApiError(INTERNAL_ERROR_CODE, INTERNAL_ERROR_DETAIL, 500)
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=True).encode
+
+
 def json_bytes(body: Any) -> bytes:
     """A JSON answer's bytes exactly as Quart's default provider renders them outside debug
     mode (compact, sorted keys, ASCII, a final newline), so both doors answer alike."""
-    return json.dumps(body, separators=(",", ":"), sort_keys=True, ensure_ascii=True).encode() + b"\n"
+    return _ENCODE(body).encode() + b"\n"
 
 
 def render_error(error: ApiError) -> tuple[int, dict[str, str], bytes]:

@@ -9,7 +9,6 @@ through the fast door and through the Quart route, which share one pump."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import statistics
 import time
@@ -20,6 +19,7 @@ import h2.events
 import pytest
 
 from pushsvc.publisher import AsyncPublisher
+from tests.support.h2stall import H2cReader
 from tests.support.helpers import metric
 from tests.support.sse_client import SSEClient
 from tests.support.whatwg import Event, Parser
@@ -53,7 +53,7 @@ class TimedClient(SSEClient):
         self.arrivals += [now] * (len(self._events) - before)
 
 
-class H2cStream:
+class H2cStream(H2cReader):
     """One SSE stream over cleartext HTTP/2 (prior knowledge) with the h2 library: its
     events, when each arrived, and how many DATA frames carried them (one per server write
     while a write fits in a frame)."""
@@ -94,23 +94,6 @@ class H2cStream:
                     self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             self.writer.write(self.conn.data_to_send())
             self.changed.set()
-
-    async def until(self, predicate: object, timeout: float) -> None:
-        async def loop() -> None:
-            while not predicate():  # type: ignore[operator]
-                self.changed.clear()
-                await self.changed.wait()
-
-        await asyncio.wait_for(loop(), timeout)
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
 
 
 async def publish_at_rate(publisher: AsyncPublisher, channel: str) -> list[float]:
@@ -198,10 +181,10 @@ async def test_over_http2_a_burst_arrives_exactly_once_in_order_in_far_fewer_dat
     publisher = AsyncPublisher(redis_url)
     client = await H2cStream.open(service.port, "burst")
     try:
-        await client.until(lambda: client.parser.last_event_id != "", 10)  # synced
+        await client.wait_for(lambda: client.parser.last_event_id != "", 10)  # synced
         opening_chunks = client.chunks
         sent = await publish_at_rate(publisher, "burst")
-        await client.until(lambda: len(client.events) >= COUNT, 30)
+        await client.wait_for(lambda: len(client.events) >= COUNT, 30)
         writes = client.chunks - opening_chunks
     finally:
         await client.close()

@@ -13,7 +13,33 @@ import h2.events
 import h2.settings
 
 
-class StalledH2Client:
+class H2cReader:
+    """What both h2c test clients share: a task reading the socket (`_task`), `changed` set
+    after each read, a bounded wait for a condition, and close."""
+
+    writer: asyncio.StreamWriter
+    changed: asyncio.Event
+    _task: asyncio.Task[None] | None
+
+    async def wait_for(self, predicate: object, timeout: float) -> None:
+        async def loop() -> None:
+            while not predicate():  # type: ignore[operator]
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(loop(), timeout)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+class StalledH2Client(H2cReader):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
@@ -24,7 +50,7 @@ class StalledH2Client:
         self.body_bytes = 0
         self.closed = False
         self.changed = asyncio.Event()
-        self._reader: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @classmethod
     async def connect(cls, port: int) -> StalledH2Client:
@@ -32,7 +58,7 @@ class StalledH2Client:
         client = cls(reader, writer)
         client.conn.initiate_connection()
         await client._flush()
-        client._reader = asyncio.create_task(client._read_forever())
+        client._task = asyncio.create_task(client._read_forever())
         return client
 
     async def _flush(self) -> None:
@@ -62,18 +88,3 @@ class StalledH2Client:
                     self.body_bytes += len(event.data)  # never acknowledged: the window stays shut
             await self._flush()  # SETTINGS and PING acks only
             self.changed.set()
-
-    async def wait_for(self, predicate: object, timeout: float) -> None:
-        async def loop() -> None:
-            while not predicate():  # type: ignore[operator]
-                self.changed.clear()
-                await self.changed.wait()
-
-        await asyncio.wait_for(loop(), timeout)
-
-    async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()

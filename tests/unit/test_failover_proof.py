@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from redis.crc import key_slot
 
-from pushsvc.broker.failover import SLOTS, Replication, lossless_successor, proof_key, proof_key_of_slot
+from pushsvc.broker.failover import (
+    SLOTS,
+    Replication,
+    lossless_successor,
+    migration_blessing,
+    pristine,
+    proof_key,
+    proof_key_of_slot,
+)
 
 R_OLD = "6539ead9a0114aebb41824487fd5f96145147741"
 R_NEW = "a0c3035503771249d6e5cdb08825ef920e576e3c"
@@ -67,3 +75,29 @@ def test_every_slot_has_a_proof_key_in_it():
         key = proof_key_of_slot(slot)
         assert key_slot(key.encode()) == slot
     assert key_slot(proof_key("user:42").encode()) == key_slot(b"user:42")
+
+
+# -- slot migrations: what the prover blesses (condition (b)), from INFO texts ----------------
+
+
+def test_a_slot_that_left_the_master_this_process_knew_blesses_its_id_and_its_list():
+    source = info("src-run", "master", R_OLD, NO_ID, -1)
+    assert migration_blessing("src-run", source) == (R_OLD, True)
+
+
+def test_a_source_that_took_over_another_masters_history_blesses_only_its_own_writes():
+    source = info("src-run", "master", R_NEW, R_OLD, 3218)
+    assert migration_blessing("src-run", source) == (R_NEW, False)
+    assert not pristine(source)
+
+
+def test_a_restarted_source_blesses_nothing():
+    """Another run_id than the one read while it was master: its data may be older than
+    what it acknowledged (and Redis 7 gave it a new id anyway)."""
+    source = info("restarted-run", "master", R_OLD, NO_ID, -1)
+    assert migration_blessing("src-run", source) == ("", False)
+
+
+def test_a_source_never_seen_as_master_or_demoted_blesses_nothing():
+    assert migration_blessing("", info("src-run", "master", R_OLD, NO_ID, -1)) == ("", False)
+    assert migration_blessing("src-run", info("src-run", "slave", R_NEW, R_OLD, 3218)) == ("", False)
