@@ -268,13 +268,7 @@ class H2Clients(Clients):
         return self._answers(timeout)
 
     def _answers(self, timeout: float) -> dict[str, Any]:
-        ok, elapsed, errors = 0, 0.0, {}
-        for proc in self.procs:
-            _, k, e, bad = proc.recv(timeout + 60)
-            ok += k
-            elapsed = max(elapsed, e)
-            for key, v in bad.items():
-                errors[key] = errors.get(key, 0) + v
+        ok, elapsed, errors = self._opened(timeout)
         return {"connected": ok, "connect_s": elapsed, "errors": errors}
 
 

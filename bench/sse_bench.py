@@ -285,12 +285,9 @@ class Clients:
     def __init__(self, n: int) -> None:
         self.procs = [ClientProcess() for _ in range(max(1, math.ceil(n / STREAMS_PER_CLIENT)))]
 
-    def open(self, server: Server, n: int, timeout: float) -> dict[str, Any]:
-        self.expected = n
-        shares = [n // len(self.procs) + (1 if i < n % len(self.procs) else 0) for i in range(len(self.procs))]
-        for proc, share in zip(self.procs, shares, strict=True):
-            proc.send("open", "127.0.0.1", server.port, server.stream_path, share, 256, timeout,
-                      not server.headers_with_first_event)
+    def _opened(self, timeout: float) -> tuple[int, float, dict[str, int]]:
+        """Every process's answer to ``open``: streams opened, the slowest process's time,
+        errors by kind."""
         ok, elapsed, errors = 0, 0.0, {}
         for proc in self.procs:
             _, k, e, bad = proc.recv(timeout + 60)
@@ -298,6 +295,15 @@ class Clients:
             elapsed = max(elapsed, e)
             for key, v in bad.items():
                 errors[key] = errors.get(key, 0) + v
+        return ok, elapsed, errors
+
+    def open(self, server: Server, n: int, timeout: float) -> dict[str, Any]:
+        self.expected = n
+        shares = [n // len(self.procs) + (1 if i < n % len(self.procs) else 0) for i in range(len(self.procs))]
+        for proc, share in zip(self.procs, shares, strict=True):
+            proc.send("open", "127.0.0.1", server.port, server.stream_path, share, 256, timeout,
+                      not server.headers_with_first_event)
+        ok, elapsed, errors = self._opened(timeout)
         if server.headers_with_first_event:
             ok, primed_s, errors = self._prime(server, timeout, errors)
             elapsed += primed_s

@@ -159,6 +159,18 @@ end
 
 RECORD_LUA = "redis.call('HSET', meta, 'rid', replid); redis.call('HDEL', meta, 'wait')"
 
+# A list of replication ids being built (``words``, at most MAX_CHAIN, each once): ``add``
+# appends the ids of a space-separated list.  Shared by the two recording scripts below.
+_CHAIN_LUA = "\n".join([
+    "local words, seen = {}, {}",
+    "local function add(list)",
+    "  for word in string.gmatch(list or '', '%w+') do",
+    f"    if not seen[word] and #words < {MAX_CHAIN} then seen[word] = true; words[#words + 1] = word end",
+    "  end",
+    "end",
+])
+
+
 # KEYS: none.  ARGV: the master's replication id (the script does nothing on a node with
 # another id), a proven predecessor's id or '', then proof hashes of slots of this node, any
 # number (passed as arguments: declared keys of several slots are refused with CROSSSLOT,
@@ -170,12 +182,8 @@ RECORD_PROOF_LUA = "\n".join([
     REPLID_LUA,
     "if replid ~= ARGV[1] then return 0 end",
     "for i = 3, #ARGV do",
-    "  local key, words, seen = ARGV[i], {}, {}",
-    "  local function add(list)",
-    "    for word in string.gmatch(list or '', '%w+') do",
-    f"      if not seen[word] and #words < {MAX_CHAIN} then seen[word] = true; words[#words + 1] = word end",
-    "    end",
-    "  end",
+    "  local key = ARGV[i]",
+    _CHAIN_LUA,
     "  add(ARGV[2])",
     "  if ARGV[2] ~= '' then add(redis.call('HGET', key, 'ok:' .. ARGV[2])) end",
     "  add(redis.call('HGET', key, 'ok:' .. replid))",
@@ -202,12 +210,7 @@ RECORD_MIGRATION_LUA = "\n".join([
     "  local key = ARGV[i]",
     "  local done = redis.call('HEXISTS', key, 'done:' .. replid) == 1",
     "  if not (done and redis.call('HGET', key, 'from:' .. replid) == ARGV[2]) then",
-    "    local words, seen = {}, {}",
-    "    local function add(list)",
-    "      for word in string.gmatch(list or '', '%w+') do",
-    f"        if not seen[word] and #words < {MAX_CHAIN} then seen[word] = true; words[#words + 1] = word end",
-    "      end",
-    "    end",
+    _CHAIN_LUA,
     "    add(ARGV[2])",
     "    if ARGV[2] ~= '' and ARGV[3] == '1' then add(redis.call('HGET', key, 'mig:' .. ARGV[2])) end",
     "    redis.call('DEL', key)",
