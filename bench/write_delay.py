@@ -52,11 +52,11 @@ class DelayedPushsvc(Pushsvc):
         super().__init__(redis_url, SUBSCRIBERS)
         self.delay_ms = delay_ms
         self.root = root
-        self.name = f"pushsvc D={delay_ms}ms" if root is None else "baseline D=0ms"
+        self.name = f"pushsvc D={delay_ms}ms" if root is None else f"baseline D={delay_ms}ms"
 
     def env(self) -> dict[str, str]:
         env = {**super().env(), "PYTHONDONTWRITEBYTECODE": "1"}
-        if self.root is None:
+        if self.root is None or self.delay_ms:
             env["PUSHSVC_WRITE_DELAY_MS"] = str(self.delay_ms)
         return env
 
@@ -253,6 +253,9 @@ def main() -> None:
     parser.add_argument("--baseline-root", default="",
                         help="another checkout (e.g. `git archive main | tar -x -C /tmp/main`): run its "
                              "pushsvc first, with no delay, as the baseline of the D=0 figures")
+    parser.add_argument("--baseline-delays", default="0",
+                        help="write delays (ms) to run the --baseline-root checkout with (e.g. 0,10: "
+                             "compare each delay's CPU per delivery before and after a change)")
     args = parser.parse_args()
     delays = [int(d) for d in args.delays.split(",") if d]
     if args.profile:
@@ -266,7 +269,8 @@ def main() -> None:
         rows = []
         servers: list[Any] = [DelayedPushsvc(redis_server.url, d) for d in delays]
         if args.baseline_root:
-            servers.insert(0, DelayedPushsvc(redis_server.url, 0, Path(args.baseline_root)))
+            servers[:0] = [DelayedPushsvc(redis_server.url, int(d), Path(args.baseline_root))
+                           for d in args.baseline_delays.split(",") if d]
         if not args.no_nchan and shutil.which("nginx"):
             servers.append(Nchan(redis_server.url, SUBSCRIBERS))
         for server in [s for _ in range(args.repeat) for s in servers]:
