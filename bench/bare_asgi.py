@@ -18,6 +18,14 @@ it out.  That is how the fixed-rate bench feeds it the same messages, through th
 publish script, as pushsvc (``pushsvc:{bench}:live``), so the two differ only in what the
 app does with them.
 
+With ``BENCH_WRITE_DELAY_MS`` (> 0) it is the floor of coalesced writes: the fan-out only
+appends, and one ticker, every that many milliseconds, wakes each stream that has frames,
+which writes them all at once -- at most one write per stream per delay, as pushsvc's
+``PUSHSVC_WRITE_DELAY_MS``, without pushsvc's per-stream cooling clock, ids or history.
+``BENCH_WRITE_MODE=direct`` has the ticker itself write every stream's frames, one after
+another in its own task, so no stream's task wakes at all (a write that would block stalls
+the others: a floor for the measurement, not a server).
+
     hypercorn --config bench/hypercorn-bench.toml --bind 127.0.0.1:8000 bench.bare_asgi:app
 """
 
@@ -36,18 +44,28 @@ gc.set_threshold(200_000, 50, 1000)  # pushsvc.gcpolicy.YOUNG_THRESHOLDS (full c
 _HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
-class _Stream:
-    __slots__ = ("frames", "waiter")
+WRITE_DELAY = int(os.environ.get("BENCH_WRITE_DELAY_MS", "0") or 0) / 1000
+DIRECT = os.environ.get("BENCH_WRITE_MODE", "") == "direct"
 
-    def __init__(self) -> None:
+
+class _Stream:
+    __slots__ = ("frames", "send", "waiter")
+
+    def __init__(self, send: Any) -> None:
         self.frames: list[bytes] = []
+        self.send = send
         self.waiter: asyncio.Future[None] | None = None
 
 
 STREAMS: set[_Stream] = set()
+TICKER: list[asyncio.Task[None]] = []
 
 
 def _fan_out(frame: bytes) -> None:
+    if WRITE_DELAY:
+        for stream in STREAMS:
+            stream.frames.append(frame)
+        return
     for stream in STREAMS:
         stream.frames.append(frame)
         waiter = stream.waiter
@@ -58,10 +76,12 @@ def _fan_out(frame: bytes) -> None:
 async def _stream(send: Any) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
     await send({"type": "http.response.body", "body": b": ok\n\n", "more_body": True})
-    stream = _Stream()
+    stream = _Stream(send)
     STREAMS.add(stream)
     loop = asyncio.get_running_loop()
     try:
+        if DIRECT and WRITE_DELAY:
+            await loop.create_future()  # the ticker writes; this only holds the response open
         while True:
             if not stream.frames:
                 stream.waiter = loop.create_future()
@@ -71,6 +91,26 @@ async def _stream(send: Any) -> None:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     finally:
         STREAMS.discard(stream)
+
+
+async def _ticker() -> None:
+    """Every WRITE_DELAY: wake (or, DIRECT, write) each stream that has frames."""
+    while True:
+        await asyncio.sleep(WRITE_DELAY)
+        for stream in list(STREAMS):
+            if not stream.frames:
+                continue
+            if DIRECT:
+                chunk = b"".join(stream.frames)
+                stream.frames.clear()
+                try:
+                    await stream.send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except Exception:  # the client left
+                    STREAMS.discard(stream)
+                continue
+            waiter = stream.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
 
 class _RedisFeed(asyncio.Protocol):
@@ -123,6 +163,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await _start_feed()
+                if WRITE_DELAY:
+                    TICKER.append(asyncio.get_running_loop().create_task(_ticker()))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})

@@ -37,7 +37,7 @@ import uvloop
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.loadgen import tree_cpu_seconds  # noqa: E402
+from bench.loadgen import tree_cpu_seconds, tree_cpu_split  # noqa: E402
 from bench.sse_bench import CHANNEL, Clients, Nchan, Pushsvc, _publish_rate, payload, percentile  # noqa: E402
 from pushsvc.broker import new_epoch  # noqa: E402
 from pushsvc.broker.scripts import PUBLISH_LUA, calls_for  # noqa: E402
@@ -45,6 +45,20 @@ from pushsvc.events import Event  # noqa: E402
 from tests.support.procs import RedisServer  # noqa: E402
 
 SUBSCRIBERS = 100
+
+
+class BareFloor(Pushsvc):
+    """bench/bare_asgi.py fed from Redis, coalescing on a ticker every `delay_ms` (0: a
+    write per wake-up, as sse_bench's floor): the least Hypercorn allows at that write count."""
+
+    def __init__(self, redis_url: str, delay_ms: int, mode: str = "") -> None:
+        super().__init__(redis_url, SUBSCRIBERS, variant="bare", feed_redis=True)
+        self.delay_ms = delay_ms
+        self.mode = mode
+        self.name = f"bare D={delay_ms}ms" + (f" {mode}" if mode else "")
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "BENCH_WRITE_DELAY_MS": str(self.delay_ms), "BENCH_WRITE_MODE": self.mode}
 
 
 class DelayedPushsvc(Pushsvc):
@@ -164,13 +178,15 @@ def run_one(server: Any, args: argparse.Namespace, redis: RedisServer, redis_pid
         before = server.counters() if isinstance(server, DelayedPushsvc) else {}
         spy = profiler(server.pid, profile) if profile else None
         cpu0, rcpu0 = tree_cpu_seconds(server.pid), tree_cpu_seconds(redis_pid)
-        if isinstance(server, DelayedPushsvc):
+        sys0 = tree_cpu_split(server.pid)[1]
+        if isinstance(server, (DelayedPushsvc, BareFloor)):
             achieved = uvloop.run(publish_native(redis.url, sha, 1, args.rate, args.seconds))
         else:
             achieved = uvloop.run(_publish_rate(server, redis.url, 1, args.rate, args.seconds))
         expected = int(args.rate * args.seconds) * opened["connected"]
         clients.wait_quiet(expected, limit=30, quiet=2.0)
         cpu1, rcpu1 = tree_cpu_seconds(server.pid), tree_cpu_seconds(redis_pid)
+        sys1 = tree_cpu_split(server.pid)[1]
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             spy.wait(30)
@@ -186,6 +202,7 @@ def run_one(server: Any, args: argparse.Namespace, redis: RedisServer, redis_pid
         "server": server.name, "subscribers": opened["connected"], "achieved_rate": achieved,
         "deliveries": deliveries, "loss": expected - deliveries, "dups": dups, "closed": closed,
         "cpu_per_delivery_us": (cpu1 - cpu0) / max(deliveries, 1) * 1e6,
+        "kernel_share": (sys1 - sys0) / max(cpu1 - cpu0, 1e-9),
         "redis_cpu_per_delivery_us": (rcpu1 - rcpu0) / max(deliveries, 1) * 1e6,
         "server_cpu_share": (cpu1 - cpu0) / args.seconds,
         "p50_ms": percentile(lat_ms, 0.5), "p99_ms": percentile(lat_ms, 0.99), "max_ms": max(lat_ms, default=0.0),
@@ -247,6 +264,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0, help="events per second")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--no-nchan", action="store_true")
+    parser.add_argument("--bare-delays", default="",
+                        help="write delays (ms) to run the bare-Hypercorn floor (bench/bare_asgi.py) with: "
+                             "the least any app under Hypercorn can cost at that write count")
+    parser.add_argument("--bare-direct", action="store_true",
+                        help="also run each --bare-delays floor with its ticker writing every stream itself "
+                             "(no stream task wakes)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the whole list this many times, interleaved; the table gives medians")
     parser.add_argument("--profile", default="", help="directory: py-spy record (raw) of each pushsvc run")
@@ -271,6 +294,10 @@ def main() -> None:
         if args.baseline_root:
             servers[:0] = [DelayedPushsvc(redis_server.url, int(d), Path(args.baseline_root))
                            for d in args.baseline_delays.split(",") if d]
+        for d in (int(d) for d in args.bare_delays.split(",") if d):
+            servers.append(BareFloor(redis_server.url, d))
+            if args.bare_direct and d:
+                servers.append(BareFloor(redis_server.url, d, "direct"))
         if not args.no_nchan and shutil.which("nginx"):
             servers.append(Nchan(redis_server.url, SUBSCRIBERS))
         for server in [s for _ in range(args.repeat) for s in servers]:
