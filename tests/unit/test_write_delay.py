@@ -342,3 +342,126 @@ async def test_a_ripe_log_hands_each_parked_stream_its_frames_once_and_wakes_it(
     assert datas(sub.items) == ["e1", "e2", "e3"] and waiter.done() and sub.cooling == 0
     await streams.publish("e4")  # back in the fan-out, once
     assert datas(sub.items) == ["e1", "e2", "e3", "e4"]
+
+
+# -- writes at the flush instant, from the hub's timer (`StreamSession.write_now`) -------------
+
+
+class TaskWire(Wire):
+    """A `Wire` that also records which task handed each chunk over (None: a loop callback)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers: list[asyncio.Task[Any] | None] = []
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message.get("body"):
+            self.writers.append(asyncio.current_task())
+        await super().send(message)
+
+
+async def open_with(streams: Streams, send: Callable[[dict[str, Any]], Any],
+                    wire: Wire) -> tuple[StreamSession, asyncio.Task[None]]:
+    session = StreamSession(streams.hub, streams.hub.metrics, ("news",), None, False, 3000,
+                            queue_size=1000, queue_bytes=1 << 20)
+    task = asyncio.create_task(pump(session, send))
+    streams.tasks.append(task)
+    await wire.until(lambda w: b"\nid: " in b"".join(w.bodies))
+    return session, task
+
+
+@pytest.mark.parametrize("streams", [0.5], indirect=True)
+async def test_at_a_flush_instant_the_hub_timer_writes_the_stream_without_waking_its_task(streams):
+    wire = TaskWire()
+    session, task = await open_with(streams, wire.send, wire)
+    assert wire.writers[0] is task  # the opening write: the stream's own task
+    for round_ in range(3):  # each burst lands while the stream cools after the previous write
+        await streams.publish(*[f"e{round_}{i}" for i in range(5)])
+        await wire.until(lambda w, n=round_ + 2: len(w.chunks) >= n)
+    assert wire.events(1) == [f"e{r}{i}" for r in range(3) for i in range(5)]
+    assert len(wire.chunks) == 4
+    assert wire.writers[1:] == [None, None, None]  # written from the flush timer, not by the task
+    assert session.subscriber.writing_since == 0.0 and session.subscriber.handoff is None
+    assert streams.hub.metrics.stream_writes == 4 and streams.hub.metrics.events_delivered == 15
+
+
+@pytest.mark.parametrize("streams", [0.5], indirect=True)
+async def test_a_flush_instant_write_that_must_wait_is_finished_by_the_stream_task_in_order(streams):
+    """The peer stops reading during a write begun at a flush instant: the stream's task
+    takes over the rest of that write (the write deadline sees it pending meanwhile), and
+    what arrives meanwhile follows it, in order, exactly once."""
+    wire = TaskWire()
+    release = asyncio.Event()
+    blocked = asyncio.Event()
+    finished: list[asyncio.Task[Any] | None] = []
+
+    started_in: list[asyncio.Task[Any] | None] = []
+
+    async def stalling_send(message: dict[str, Any]) -> None:
+        if len(wire.chunks) == 1 and not release.is_set():  # the first write after the opening
+            started_in.append(asyncio.current_task())
+            blocked.set()
+            await release.wait()
+            finished.append(asyncio.current_task())
+        await wire.send(message)
+
+    session, task = await open_with(streams, stalling_send, wire)
+    sub = session.subscriber
+    await streams.publish("e1", "e2")
+    await asyncio.wait_for(blocked.wait(), 5)
+    assert sub.writing_since > 0.0  # pending: the write deadline applies to it
+    await streams.publish("e3")
+    await settle()
+    assert len(wire.chunks) == 1
+    release.set()
+    await settle()
+    assert len(wire.chunks) == 2  # the task resumed the write at once, not at a later flush instant
+    await wire.until(lambda w: w.events(1) == ["e1", "e2", "e3"])
+    assert started_in == [None]  # begun by the flush timer ...
+    assert finished == [task]  # ... and the rest of the write ran in the stream's task
+    assert wire.events(1) == ["e1", "e2", "e3"] and wire.bodies[1].count(b"data: ") == 2
+    assert sub.handoff is None
+    await eventually(lambda: sub.writing_since == 0.0)
+    await streams.publish("e4")
+    await wire.until(lambda w: "e4" in w.events(1))
+    assert wire.events(1) == ["e1", "e2", "e3", "e4"]
+
+
+@pytest.mark.parametrize("streams", [0.5], indirect=True)
+async def test_a_stream_interrupted_during_a_handed_over_write_ends_and_the_write_is_cancelled(streams):
+    wire = Wire()
+    cleaned_up = asyncio.Event()
+
+    async def stuck_send(message: dict[str, Any]) -> None:
+        if len(wire.chunks) == 1:
+            try:
+                await asyncio.Event().wait()  # a peer that never reads again
+            finally:
+                cleaned_up.set()
+        await wire.send(message)
+
+    session, task = await open_with(streams, stuck_send, wire)
+    sub = session.subscriber
+    await streams.publish("e1")  # cooling: written at the flush instant, where it gets stuck
+    await eventually(lambda: sub.writing_since > 0.0 and sub.handoff is None)  # the task holds it
+    sub.interrupt("write_timeout")  # what the hub's ticker does past the write deadline
+    await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 5)
+    assert cleaned_up.is_set()
+    assert session.end_reason == "write_timeout"
+    assert sub not in streams.hub._subscribers
+
+
+@pytest.mark.parametrize("streams", [0.5], indirect=True)
+async def test_a_flush_instant_write_that_fails_fails_the_stream_task(streams):
+    wire = Wire()
+
+    async def failing_send(message: dict[str, Any]) -> None:
+        if len(wire.chunks) == 1:
+            raise RuntimeError("the transport broke")
+        await wire.send(message)
+
+    session, task = await open_with(streams, failing_send, wire)
+    await streams.publish("e1")
+    with pytest.raises(RuntimeError, match="the transport broke"):
+        await asyncio.wait_for(task, 5)
+    assert session.subscriber not in streams.hub._subscribers
