@@ -105,7 +105,7 @@ class StreamQueue:
         # Set by the pump with a write delay: writes the stream's live chunk at its flush
         # instant from the hub's timer, without waking its task (`StreamSession.write_now`);
         # a write that could not finish there is the task's to finish (`handoff`).
-        self.direct: Callable[[], bool] | None = None
+        self.direct: Callable[[], bool] | None = None  # unparks the stream, writes or not
         self.handoff: Any = None
         # Set by `Hub.cool`: the flush instant (bucket key) until which queued frames do not
         # wake the stream; 0: not cooling (always, with no write delay).
@@ -504,12 +504,14 @@ class Hub:
         for sub in self._cooling.pop(key, ()):
             if sub.cooling == key:
                 sub.cooling = 0
-                if sub.cooled_in is not None:
+                direct = sub.direct
+                if direct is not None and not sub.writing_since:
+                    if direct():  # unparks it in any case
+                        continue
+                elif sub.cooled_in is not None:
                     sub.cooled_in.unpark(sub)
                 if sub.items:
-                    direct = sub.direct
-                    if direct is None or sub.writing_since or not direct():
-                        sub.wake()
+                    sub.wake()
 
     # -- ticker ------------------------------------------------------------------------
 

@@ -163,17 +163,34 @@ class StreamSession:
     def write_now(self) -> bool:
         """Write the stream's next live frames from the hub's flush timer, without waking
         its task (`Hub._flush_due`, with a write delay, while no write of the stream is
-        pending): False (nothing done) unless they are plain live frames (`_live_chunk`).
+        pending): False (nothing written; the stream is unparked) unless they are plain live
+        frames.  A parked stream whose frames are one run in its channel's log writes that
+        run's bytes, joined once for every stream parked at the same mark (`ChannelLog.run`);
+        else its frames go to its queue and `_live_chunk` takes them.
 
         The write is ``send``'s coroutine driven by hand: it normally finishes at once (the
         transport takes the bytes); if it has to wait (the peer's window, a lock), the rest
         of it is handed to the stream's task (`StreamQueue.handoff`, `Handoff`), which the
         pump awaits before anything else -- so the write deadline, the cancellation of an
         interrupted stream and the order of writes are the task's as before."""
-        chunk = self._live_chunk()
+        sub = self.subscriber
+        log = sub.cooled_in
+        if log is not None:  # parked: its frames are in the channel's log, its queue is empty
+            run = None if sub.items else log.run(sub)
+            if run is not None and self.cursor.take_run(run[1], run[2], run[3]):
+                log.taken(sub)
+                chunk: bytes | None = run[0]
+                sub.last_write = time.monotonic()
+                cursor = self.cursor
+                self.metrics.events_delivered += cursor.delivered - self.counted
+                self.counted = cursor.delivered
+            else:
+                log.unpark(sub)
+                chunk = self._live_chunk() if sub.items else None
+        else:
+            chunk = self._live_chunk() if sub.items else None
         if chunk is None:
             return False
-        sub = self.subscriber
         sub.writing_since = started = time.monotonic()
         self.hub.cool(sub, started)
         self.metrics.stream_writes += 1

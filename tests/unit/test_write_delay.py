@@ -465,3 +465,86 @@ async def test_a_flush_instant_write_that_fails_fails_the_stream_task(streams):
     with pytest.raises(RuntimeError, match="the transport broke"):
         await asyncio.wait_for(task, 5)
     assert session.subscriber not in streams.hub._subscribers
+
+
+# -- one run of live frames, joined once for every stream parked at the same mark ---------------
+
+
+def frame(epoch: str | None, seq: int) -> Any:
+    from pushsvc.events import Frame
+
+    body = b"data: %s-%d\n\n" % ((epoch or "foreign").encode(), seq)
+    single = body if epoch is None else b"id: %s-%d\n" % (epoch.encode(), seq) + body
+    return Frame("news", epoch, seq, body, single)
+
+
+def parked_log(*subs: StreamQueue) -> Any:
+    from pushsvc.coalesce import ChannelLog
+
+    log = ChannelLog(set(subs), TAKE_MAX_BYTES)
+    for sub in subs:
+        log.park(sub)
+    return log
+
+
+def test_a_run_of_live_frames_is_joined_once_for_every_stream_parked_at_the_same_mark():
+    a, b, late = (StreamQueue(("news",), 1000, 1 << 20) for _ in range(3))
+    log = parked_log(a, b)
+    for seq in (5, 6, 7):
+        log.append(frame("E", seq))
+    log.park(late)
+    log.append(frame("E", 8))
+    run_a, run_b = log.run(a), log.run(b)
+    assert run_a is run_b  # the same tuple: joined once
+    chunk, first, last, count = run_a
+    assert chunk == b"".join(frame("E", s).single for s in (5, 6, 7, 8))
+    assert (first.seq, last.seq, count) == (5, 8, 4)
+    log.append(frame("E", 9))  # the log grew: the shared run is recomputed, not reused stale
+    assert log.run(a)[3] == 5 and log.run(a)[2].seq == 9
+    assert log.run(late)[0] == frame("E", 8).single + frame("E", 9).single  # its own mark: its own slice
+
+
+@pytest.mark.parametrize("breaker", [
+    pytest.param(lambda: frame(None, 0), id="a foreign frame"),
+    pytest.param(lambda: frame("F", 1), id="a new epoch"),
+    pytest.param(lambda: frame("E", 9), id="a gap in seqs"),
+])
+def test_a_parked_slice_that_is_not_one_run_is_not_taken_as_one(breaker):
+    a = StreamQueue(("news",), 1000, 1 << 20)
+    log = parked_log(a)
+    log.append(frame("E", 5))
+    log.append(breaker())
+    assert log.run(a) is None  # taken frame by frame (the cursor sees the reset, gap or foreign frame)
+    log.append(frame("E", 10))
+    assert log.run(a) is None
+    b = StreamQueue(("news",), 1000, 1 << 20)
+    log.park(b)
+    log.append(frame("E", 11))
+    assert log.run(b) is not None and log.run(b)[3] == 1  # a run that starts after the break is one
+
+
+@pytest.mark.parametrize("streams", [0.5], indirect=True)
+async def test_streams_parked_at_the_same_mark_write_the_same_bytes_joined_once(streams):
+    wires = [TaskWire() for _ in range(3)]
+    sent: list[list[bytes]] = [[] for _ in wires]
+
+    def recording(i: int) -> Callable[[dict[str, Any]], Any]:
+        async def send(message: dict[str, Any]) -> None:
+            if message.get("body"):
+                sent[i].append(message["body"])
+            await wires[i].send(message)
+        return send
+
+    sessions = [(await open_with(streams, recording(i), wire))[0] for i, wire in enumerate(wires)]
+    await eventually(lambda: all(s.subscriber.cooling == 0 for s in sessions))
+    await streams.publish("e1")  # written at once by each task; each parks before what follows
+    for wire in wires:
+        await wire.until(lambda w: "e1" in w.events(1))
+    await streams.publish("e2", "e3", "e4")
+    for wire in wires:
+        await wire.until(lambda w: "e4" in w.events(1))
+    assert [w.events(1) for w in wires] == [["e1", "e2", "e3", "e4"]] * 3
+    assert [w.writers[-1] for w in wires] == [None] * 3  # from the flush timer
+    last = [s[-1] for s in sent]
+    assert last[0] is last[1] is last[2]  # one join for the three streams
+    assert streams.hub.metrics.events_delivered == 12
