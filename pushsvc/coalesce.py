@@ -119,11 +119,12 @@ class ChannelLog:
         self.cached = (index, end, run)
         return run
 
-    def taken(self, sub: StreamQueue) -> None:
-        """`sub` wrote its `run`: it stops cooling and rejoins the fan-out, nothing copied."""
-        sub.cooled_in = None
-        sub.mark = None
-        self.awake.add(sub)
+    def repark(self, sub: StreamQueue) -> None:
+        """`sub` wrote its `run` and cools again at once: it stays parked, its mark moved
+        past the run (no round trip through the fan-out set), nothing copied."""
+        mark = (sub, self.start + len(self.frames), self.total_bytes)
+        sub.mark = mark
+        self.parked.append(mark)  # its old mark is stale now: `_trim` drops it
         self._trim()
 
     def drop(self, sub: StreamQueue) -> None:

@@ -105,7 +105,7 @@ class StreamQueue:
         # Set by the pump with a write delay: writes the stream's live chunk at its flush
         # instant from the hub's timer, without waking its task (`StreamSession.write_now`);
         # a write that could not finish there is the task's to finish (`handoff`).
-        self.direct: Callable[[], bool] | None = None  # unparks the stream, writes or not
+        self.direct: Callable[[float], bool] | None = None
         self.handoff: Any = None
         # Set by `Hub.cool`: the flush instant (bucket key) until which queued frames do not
         # wake the stream; 0: not cooling (always, with no write delay).
@@ -501,12 +501,13 @@ class Hub:
         frames and no write of the stream is pending (`StreamQueue.direct`: one task wake-up
         less per write, a quarter of the floor's cost per write), else their task wakes (the
         others wake on their next frame, as usual)."""
+        now = time.monotonic()
         for sub in self._cooling.pop(key, ()):
             if sub.cooling == key:
                 sub.cooling = 0
                 direct = sub.direct
                 if direct is not None and not sub.writing_since:
-                    if direct():  # unparks it in any case
+                    if direct(now):  # unparks it unless it writes and parks anew
                         continue
                 elif sub.cooled_in is not None:
                     sub.cooled_in.unpark(sub)

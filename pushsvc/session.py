@@ -160,13 +160,14 @@ class StreamSession:
                 return chunk, False
         return await self._slow_chunk()
 
-    def write_now(self) -> bool:
+    def write_now(self, now: float) -> bool:
         """Write the stream's next live frames from the hub's flush timer, without waking
         its task (`Hub._flush_due`, with a write delay, while no write of the stream is
         pending): False (nothing written; the stream is unparked) unless they are plain live
         frames.  A parked stream whose frames are one run in its channel's log writes that
         run's bytes, joined once for every stream parked at the same mark (`ChannelLog.run`);
-        else its frames go to its queue and `_live_chunk` takes them.
+        else its frames go to its queue and `_live_chunk` takes them.  `now` is the flush
+        instant's ``time.monotonic()`` (one reading for all its streams).
 
         The write is ``send``'s coroutine driven by hand: it normally finishes at once (the
         transport takes the bytes); if it has to wait (the peer's window, a lock), the rest
@@ -178,9 +179,9 @@ class StreamSession:
         if log is not None:  # parked: its frames are in the channel's log, its queue is empty
             run = None if sub.items else log.run(sub)
             if run is not None and self.cursor.take_run(run[1], run[2], run[3]):
-                log.taken(sub)
+                log.repark(sub)  # cools again right away (below): parked anew, past its run
                 chunk: bytes | None = run[0]
-                sub.last_write = time.monotonic()
+                sub.last_write = now
                 cursor = self.cursor
                 self.metrics.events_delivered += cursor.delivered - self.counted
                 self.counted = cursor.delivered
@@ -191,8 +192,8 @@ class StreamSession:
             chunk = self._live_chunk() if sub.items else None
         if chunk is None:
             return False
-        sub.writing_since = started = time.monotonic()
-        self.hub.cool(sub, started)
+        sub.writing_since = now
+        self.hub.cool(sub, now)
         self.metrics.stream_writes += 1
         assert self.send is not None
         coro = self.send({"type": "http.response.body", "body": chunk, "more_body": True}).__await__()

@@ -394,6 +394,9 @@ async def test_at_a_flush_instant_the_hub_timer_writes_the_stream_without_waking
     assert wire.writers[1:] == [None, None, None]  # written from the flush timer, not by the task
     assert session.subscriber.writing_since == 0.0 and session.subscriber.handoff is None
     assert streams.hub.metrics.stream_writes == 4 and streams.hub.metrics.events_delivered == 15
+    log = streams.hub._channels["news"].log
+    assert session.subscriber.cooled_in is log  # parked anew after each write ...
+    assert log.frames == [] and len(log.parked) == 1  # ... and the log keeps nothing already written
 
 
 async def test_a_flush_instant_write_that_must_wait_is_finished_by_the_stream_task_in_order(streams):
