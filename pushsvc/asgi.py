@@ -41,6 +41,10 @@ STREAM_KEY = "pushsvc.stream"  # set by GET /stream to its StreamSession
 #: The server's own `send`, for what follows ``http.response.start`` (only the start
 #: message needs the request-id wrapper; a stream's body chunks skip a coroutine each).
 RAW_SEND_KEY = "pushsvc.raw_send"
+#: The status of an answer the app started with RAW_SEND_KEY's `send` itself, giving it the
+#: ``x-request-id`` header (REQUEST_ID_KEY) as the wrapper would (the fast door's publish
+#: answers: one coroutine and one header list less per request).
+STATUS_KEY = "pushsvc.status"
 #: Probes and scrapes hit these every few seconds: their access lines are DEBUG.
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
@@ -118,7 +122,7 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
-            self._log(scope, request_id, status, time.monotonic() - started)
+            self._log(scope, request_id, status or scope.get(STATUS_KEY, 0), time.monotonic() - started)
             # Hypercorn's stream holds the scope, and its `send` holds the stream: a cycle that
             # would keep the stream, the scope and the session alive until a full collection.
             scope.pop(RAW_SEND_KEY, None)

@@ -38,7 +38,7 @@ from typing import Any
 
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
-from .asgi import RAW_SEND_KEY, STREAM_KEY, Receive, Scope, Send
+from .asgi import RAW_SEND_KEY, REQUEST_ID_KEY, STATUS_KEY, STREAM_KEY, Receive, Scope, Send
 from .auth import Authority
 from .core.errors import JSON_TYPE, ApiError, internal_error, render_error
 from .core.publishing import answer_bytes, publish_request
@@ -48,6 +48,7 @@ from .runtime import Runtime
 from .session import StreamSession
 
 _HEADERS = stream_headers_raw()
+_JSON_TYPE = JSON_TYPE.encode()
 _END = {"type": "http.response.body", "body": b"", "more_body": False}
 
 log = logging.getLogger("pushsvc.app")  # where app.py logs unexpected errors
@@ -194,7 +195,7 @@ class FastPath:
                 except Exception:  # pragma: no cover - headers Hypercorn accepted; Quart will answer
                     plain = None
                 if plain is not None:
-                    await self._publish(plain, receive, send, scope.get(RAW_SEND_KEY, send))
+                    await self._publish(scope, plain, receive, send)
                     return
         if scope["type"] == "http" and not _utf8(scope.get("query_string", b"")):
             # Quart's URL matching decodes the query string unguarded: it would crash (500).
@@ -207,7 +208,7 @@ class FastPath:
     # -- POST /publish -------------------------------------------------------------------
 
     async def _publish(
-        self, plain: tuple[str | None, str | None, str | None], receive: Receive, send: Send, raw_send: Send
+        self, scope: Scope, plain: tuple[str | None, str | None, str | None], receive: Receive, send: Send
     ) -> None:
         authorization, content_type, idempotency_key = plain
 
@@ -232,7 +233,20 @@ class FastPath:
             log.exception("unexpected error")
             await self._answer(send, *render_error(internal_error()))
         else:
-            await self._answer(send, status, headers, answer_bytes(result), raw_send)
+            body = answer_bytes(result)
+            raw_send = scope.get(RAW_SEND_KEY)
+            request_id = scope.get(REQUEST_ID_KEY)
+            if raw_send is None or request_id is None:  # not behind RequestContext
+                await self._answer(send, status, headers, body)
+                return
+            # The request-id wrapper's work done here, straight to the server's `send`.
+            start = [(b"content-type", _JSON_TYPE), (b"content-length", b"%d" % len(body))]
+            if headers:
+                start += [(key.lower().encode(), value.encode()) for key, value in headers.items()]
+            start.append((b"x-request-id", request_id.encode("latin-1")))
+            scope[STATUS_KEY] = status
+            await raw_send({"type": "http.response.start", "status": status, "headers": start})
+            await raw_send({"type": "http.response.body", "body": body, "more_body": False})
 
     @staticmethod
     async def _answer(

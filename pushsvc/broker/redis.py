@@ -33,12 +33,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
+from redis._parsers.base import BaseParser
 from redis.asyncio.connection import BlockingConnectionPool, Connection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError
 
 from ..events import Event
 from ..wire import CONTROL_CHANNEL, EMPTY, Position, channel_of_live, live_channel, meta_key
@@ -165,14 +167,15 @@ class ScriptPipelines:
         reconnects = reloads = 1
         while pending:
             try:
-                await conn.send_packed_command(pack_evalsha(self._sha, [calls[i] for i in pending]), False)
-                got = [await _reply(conn) for _ in pending]
+                if not conn.is_connected:
+                    await conn.connect()  # type: ignore[no-untyped-call]
+                got = await _round_trip(conn, pack_evalsha(self._sha, [calls[i] for i in pending]), len(pending))
             except RedisConnectionError:
                 if not reconnects:
                     raise
                 reconnects -= 1
                 await conn.disconnect(nowait=True)
-                continue  # sent again on a fresh connection (send_packed_command reconnects)
+                continue  # sent again on a fresh connection
             missing = []
             for i, reply in zip(pending, got, strict=True):
                 replies[i] = reply
@@ -180,8 +183,9 @@ class ScriptPipelines:
                     missing.append(i)
             if missing:
                 reloads -= 1
-                await conn.send_packed_command(conn.pack_command("SCRIPT", "LOAD", self._script), False)
-                await conn.read_response()
+                load = await _round_trip(conn, b"".join(conn.pack_command("SCRIPT", "LOAD", self._script)), 1)
+                if isinstance(load[0], Exception):
+                    raise load[0]
             pending = missing
         return replies
 
@@ -192,11 +196,33 @@ class ScriptPipelines:
         await self._pool.disconnect()
 
 
-async def _reply(conn: Connection) -> Any:
+async def _round_trip(conn: Connection, packed: bytes, count: int) -> list[Any]:
+    """Write `packed` (`count` commands) on `conn`'s socket and read `count` replies, parsed
+    by a hiredis reader of its own, as redis-py's parser gives them (an error reply as its
+    ResponseError instance, in its place; one that means the connection is unusable is
+    raised) -- without redis-py's per-reply machinery.  A connection closed or broken
+    meanwhile is RedisConnectionError."""
+    reader, writer = conn._reader, conn._writer
+    if reader is None or writer is None:
+        raise RedisConnectionError("not connected")
+    parser = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
+    replies: list[Any] = []
     try:
-        return await conn.read_response()
-    except ResponseError as error:  # this call's error: the others' replies follow it
-        return error
+        writer.write(packed)
+        while len(replies) < count:
+            reply = parser.gets()
+            if reply is False:
+                data = await reader.read(65536)
+                if not data:
+                    raise RedisConnectionError("Connection closed by server.")
+                parser.feed(data)
+            elif isinstance(reply, RedisConnectionError):
+                raise reply
+            else:
+                replies.append(reply)
+    except OSError as exc:
+        raise RedisConnectionError(f"{type(exc).__name__}: {exc}") from exc
+    return replies
 
 
 class RedisBroker:
