@@ -38,7 +38,7 @@ from typing import Any
 
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
-from .asgi import RAW_SEND_KEY, REQUEST_ID_KEY, STATUS_KEY, STREAM_KEY, Receive, Scope, Send
+from .asgi import RAW_SEND_KEY, REQUEST_ID_KEY, STATUS_KEY, STREAM_KEY, Message, Receive, Scope, Send
 from .auth import Authority
 from .core.errors import JSON_TYPE, ApiError, internal_error, render_error
 from .core.publishing import answer_bytes, publish_request
@@ -79,6 +79,17 @@ def _pumping(send: Send, raw_send: Send) -> Send:
 async def _until_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+def _queued(receive: Receive) -> Message | None:
+    """The next ASGI message if it is already waiting, taken; else None (nothing taken).
+    Hypercorn's ``receive`` is its queue's ``get``, and a request's body that came with its
+    headers is queued before the app runs: taking it needs no task step and no deadline."""
+    queue = getattr(receive, "__self__", None)
+    if type(queue) is asyncio.Queue and not queue.empty():
+        message: Message = queue.get_nowait()
+        return message
+    return None
 
 
 class _Disconnected(Exception):
@@ -213,11 +224,14 @@ class FastPath:
         authorization, content_type, idempotency_key = plain
 
         async def read_body() -> bytes:
+            first = _queued(receive)
+            if first is not None and first["type"] == "http.request" and not first.get("more_body", False):
+                return self._whole(first)  # it came with the headers: nothing to wait for
             if self.body_timeout is None:
-                return await self._read_body(receive)
+                return await self._read_body(receive, first)
             if self._deadlines is None or self._deadlines.seconds != self.body_timeout:
                 self._deadlines = _BodyDeadlines(self.body_timeout)
-            return await self._deadlines.read(lambda: self._read_body(receive))
+            return await self._deadlines.read(lambda: self._read_body(receive, first))
 
         try:
             result, status, headers = await publish_request(
@@ -259,14 +273,21 @@ class FastPath:
         await send({"type": "http.response.start", "status": status, "headers": start})
         await (send_body or send)({"type": "http.response.body", "body": body, "more_body": False})
 
-    async def _read_body(self, receive: Receive) -> bytes:
-        """The request body: every ``http.request`` message until ``more_body`` is false
-        (h11 and h2 hold it to the Content-Length); _Disconnected if the client goes away
-        first; 413 past the limit, as Quart."""
+    def _whole(self, message: Message) -> bytes:
+        """The body of a single ``http.request`` message that has it all; 413 past the limit."""
+        chunk = message.get("body", b"")
+        if len(chunk) > self.max_body:
+            raise RequestEntityTooLarge()
+        return bytes(chunk)
+
+    async def _read_body(self, receive: Receive, first: Message | None = None) -> bytes:
+        """The request body: every ``http.request`` message (`first`: one already taken)
+        until ``more_body`` is false (h11 and h2 hold it to the Content-Length);
+        _Disconnected if the client goes away first; 413 past the limit, as Quart."""
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await receive()
+            message, first = (first, None) if first is not None else (await receive(), None)
             if message["type"] != "http.request":
                 if message["type"] == "http.disconnect":
                     raise _Disconnected
@@ -274,9 +295,7 @@ class FastPath:
             chunk = message.get("body", b"")
             more = message.get("more_body", False)
             if not more and not chunks:
-                if len(chunk) > self.max_body:
-                    raise RequestEntityTooLarge()
-                return bytes(chunk)
+                return self._whole(message)
             chunks.append(chunk)
             size += len(chunk)
             if size > self.max_body:

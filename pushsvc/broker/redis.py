@@ -80,28 +80,9 @@ PUBLISH_PIPELINES = 1
 
 def pack_evalsha(sha: str, calls: Sequence[Call]) -> bytes:
     """The RESP bytes of ``EVALSHA sha numkeys key... arg...`` for every call, as redis-py
-    packs them (str as UTF-8, int as decimal, bytes as they are) -- ASCII text, most of a
-    publish's arguments, formatted as one string."""
-    head = f"$7\r\nEVALSHA\r\n${len(sha)}\r\n{sha}\r\n"
-    chunks: list[bytes] = []
-    text: list[str] = []
-    for keys, args in calls:
-        numkeys = str(len(keys))
-        text.append(f"*{3 + len(keys) + len(args)}\r\n{head}${len(numkeys)}\r\n{numkeys}\r\n")
-        for item in (*keys, *args):
-            if type(item) is str and item.isascii():
-                text.append(f"${len(item)}\r\n{item}\r\n")
-            elif type(item) is int:
-                digits = str(item)
-                text.append(f"${len(digits)}\r\n{digits}\r\n")
-            else:
-                raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
-                text.append(f"${len(raw)}\r\n")
-                chunks.append("".join(text).encode("ascii"))
-                chunks.append(raw)
-                text = ["\r\n"]
-    chunks.append("".join(text).encode("ascii"))
-    return b"".join(chunks)
+    packs them (str as UTF-8, int as decimal, bytes as they are), by hiredis's C packer
+    (half the cost of formatting them in Python)."""
+    return b"".join([hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args)) for keys, args in calls])
 
 
 class ScriptPipelines:
