@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from contextvars import ContextVar
@@ -84,8 +85,75 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler `configure` installs: a StreamHandler that can also write a line built
+    directly from its fields (`write_fields`), exactly as its formatter would format the
+    record -- for the access log's one line per request, without a LogRecord, the filter
+    pass and the generic formatting (about 4x cheaper)."""
+
+    _second = -1
+    _local = ""  # the text format's time, to the second (time.localtime)
+    _utc = ""  # the JSON format's (time.gmtime)
+
+    def write_fields(self, logger: logging.Logger, level: int, message: str, fields: dict[str, Any]) -> None:
+        created = time.time()
+        second = int(created)
+        msecs = int((created - second) * 1000)
+        if second != self._second:
+            self._second = second
+            self._local = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._utc = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        level_name = logging.getLevelName(level)
+        if type(self.formatter) is JsonFormatter:
+            entry: dict[str, Any] = {
+                "ts": f"{self._utc}.{msecs:03d}Z", "level": level_name.lower(), "logger": logger.name,
+                "pid": os.getpid() if logging.logProcesses else None, "msg": message,
+            }
+            entry.update(fields)
+            line = json.dumps(entry, default=str)
+        else:
+            line = f"{self._local},{msecs:03d} {level_name} {logger.name}: {escape_controls(message)}"
+            if fields:
+                line += " " + " ".join(f"{escape_controls(k)}={escape_controls(v)}" for k, v in fields.items())
+        self.acquire()
+        try:
+            self.stream.write(line + self.terminator)
+            self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(logger.makeRecord(logger.name, level, "(access)", 0, message, (), None, extra=fields))
+        finally:
+            self.release()
+
+
+def direct_handler(logger: logging.Logger, level: int) -> LineHandler | None:
+    """The `LineHandler` that `logger` (a child of ``pushsvc``, enabled for `level`) reaches,
+    when `write_fields` gives exactly what logging would: the handler and formatter
+    `configure` set up, no other handler or filter on the way; else None."""
+    parent = logger.parent
+    if logger.handlers or logger.filters or not logger.propagate or parent is None or parent.name != "pushsvc":
+        return None
+    handlers = parent.handlers
+    if parent.filters or parent.propagate or parent.disabled or logger.disabled or len(handlers) != 1:
+        return None
+    handler = handlers[0]
+    if type(handler) is not LineHandler or level < handler.level:
+        return None
+    filters = handler.filters
+    if len(filters) != 1 or type(filters[0]) is not RequestIdFilter:
+        return None
+    formatter = handler.formatter
+    if type(formatter) is TextFormatter:
+        if formatter.converter is not time.localtime or formatter.datefmt is not None:
+            return None
+    elif type(formatter) is not JsonFormatter:
+        return None
+    return handler
+
+
 def configure(fmt: str = "text", level: str = "INFO") -> None:
-    handler = logging.StreamHandler()
+    handler = LineHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger("pushsvc")
