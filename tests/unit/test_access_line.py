@@ -5,6 +5,7 @@ and it is used only when nothing else (a handler, a filter) would see the record
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import Iterator
@@ -88,3 +89,39 @@ def test_the_direct_line_is_not_used_when_something_else_would_see_the_record(co
     logs.configure("text", "INFO")
     logging.getLogger("pushsvc").handlers[0].formatter.datefmt = "%H"  # type: ignore[union-attr]
     assert logs.direct_handler(access_log, logging.INFO) is None
+
+
+class Writes(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        self.unflushed = True
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.unflushed = False
+
+
+async def test_direct_lines_leave_together_at_the_end_of_the_iteration_and_before_any_later_line(configured):
+    logs.configure("text", "INFO")
+    handler = logging.getLogger("pushsvc").handlers[0]
+    handler.stream = out = Writes()
+    for n in range(5):
+        RequestContext._log(SCOPES[0], f"r{n}", 202, 0.001)
+    assert out.writes == 0  # held until the loop iteration ends
+    await asyncio.sleep(0)
+    assert out.writes == 1 and not out.unflushed and [line.split("request_id=")[1].split()[0] for line in out.getvalue().splitlines()] == [
+        f"r{n}" for n in range(5)]
+    RequestContext._log(SCOPES[0], "before", 202, 0.001)
+    logging.getLogger("pushsvc.app").warning("after")  # another line: the pending one goes first
+    text = out.getvalue().splitlines()
+    assert "request_id=before" in text[-2] and text[-1].endswith("pushsvc.app: after")
+    RequestContext._log(SCOPES[0], "last", 202, 0.001)
+    handler.flush()  # what logging.shutdown() does at exit
+    assert "request_id=last" in out.getvalue().splitlines()[-1]
+    for n in range(logs._MOST_PENDING):
+        RequestContext._log(SCOPES[0], f"m{n}", 202, 0.001)
+    assert f"request_id=m{logs._MOST_PENDING - 1}" in out.getvalue().splitlines()[-1]  # a bounded backlog
