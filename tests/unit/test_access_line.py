@@ -113,8 +113,8 @@ async def test_direct_lines_leave_together_at_the_end_of_the_iteration_and_befor
         RequestContext._log(SCOPES[0], f"r{n}", 202, 0.001)
     assert out.writes == 0  # held until the loop iteration ends
     await asyncio.sleep(0)
-    assert out.writes == 1 and not out.unflushed and [line.split("request_id=")[1].split()[0] for line in out.getvalue().splitlines()] == [
-        f"r{n}" for n in range(5)]
+    ids = [line.split("request_id=")[1].split()[0] for line in out.getvalue().splitlines()]
+    assert out.writes == 1 and not out.unflushed and ids == [f"r{n}" for n in range(5)]
     RequestContext._log(SCOPES[0], "before", 202, 0.001)
     logging.getLogger("pushsvc.app").warning("after")  # another line: the pending one goes first
     text = out.getvalue().splitlines()
