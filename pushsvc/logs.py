@@ -125,9 +125,10 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             entry.update(fields)
             line = json.dumps(entry, default=str)
         else:
-            line = f"{self._local},{msecs:03d} {level_name} {logger.name}: {escape_controls(message)}"
-            if fields:
-                line += " " + " ".join(f"{escape_controls(k)}={escape_controls(v)}" for k, v in fields.items())
+            # The formatter escapes the message and each field; escaping is per character, so
+            # escaping them joined is the same (one scan instead of one per field).
+            text = " ".join([message, *[f"{k}={v}" for k, v in fields.items()]])
+            line = f"{self._local},{msecs:03d} {level_name} {logger.name}: {escape_controls(text)}"
         pending = self._pending
         pending.append(line)
         if len(pending) == 1:
