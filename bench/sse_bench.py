@@ -161,6 +161,9 @@ class Pushsvc(Server):
     publish script from Redis; `config` replaces the Hypercorn TOML (e.g. with TLS)."""
 
     name = "pushsvc"
+    #: PUSHSVC_LOG_LEVEL: WARNING (no access line per request) except in the publish phase,
+    #: which runs pushsvc's default (`--publish-log-level`).
+    log_level = "WARNING"
 
     def __init__(self, redis_url: str, n: int, workers: int = 1, variant: str = "",
                  write_delay_ms: int | None = None, root: Path | None = None, label: str = "",
@@ -194,7 +197,7 @@ class Pushsvc(Server):
     def env(self) -> dict[str, str]:
         env = {**os.environ, "PUSHSVC_REDIS_URL": self.redis_url, "BENCH_REDIS_URL": self.redis_url,
                "PUSHSVC_PUBLISH_TOKENS": TOKEN,
-               "PUSHSVC_LOG_LEVEL": "WARNING", "PUSHSVC_MAX_STREAMS": "20000"}
+               "PUSHSVC_LOG_LEVEL": self.log_level, "PUSHSVC_MAX_STREAMS": "20000"}
         if self.write_delay_ms is not None:
             env["PUSHSVC_WRITE_DELAY_MS"] = str(self.write_delay_ms)
             if self.variant == "bare":  # bench/bare_asgi.py's floor of coalesced writes
@@ -1000,6 +1003,9 @@ def main() -> None:
     parser.add_argument("--max-rate", type=int, default=12800)
     parser.add_argument("--step-seconds", type=float, default=3.0)
     parser.add_argument("--publish-seconds", type=float, default=4.0)
+    parser.add_argument("--publish-log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="pushsvc's PUSHSVC_LOG_LEVEL in the publish phase: INFO, its default (one access line "
+                             "per request, as in production); WARNING: none (the runs before 2026-11-30 17:00)")
     parser.add_argument("--pin", action="store_true",
                         help="publish phase: the server on one CPU, this load generator and Redis on the others")
     parser.add_argument("--rounds", type=int, default=1,
@@ -1126,6 +1132,8 @@ def main() -> None:
                         print(f"== {label}: POST /publish rate (round {round_no} of {args.rounds}, "
                               f"load {os.getloadavg()[0]:.2f})", flush=True)
                         server = make(name, redis.url, 0)
+                        if isinstance(server, Pushsvc):
+                            server.log_level = args.publish_log_level
                         try:
                             server.start()
                             if args.pin:

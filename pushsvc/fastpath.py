@@ -38,7 +38,7 @@ from typing import Any
 
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
-from .asgi import RAW_SEND_KEY, STREAM_KEY, Receive, Scope, Send
+from .asgi import RAW_SEND_KEY, REQUEST_ID_KEY, STATUS_KEY, STREAM_KEY, Message, Receive, Scope, Send
 from .auth import Authority
 from .core.errors import JSON_TYPE, ApiError, internal_error, render_error
 from .core.publishing import answer_bytes, publish_request
@@ -48,6 +48,7 @@ from .runtime import Runtime
 from .session import StreamSession
 
 _HEADERS = stream_headers_raw()
+_JSON_TYPE = JSON_TYPE.encode()
 _END = {"type": "http.response.body", "body": b"", "more_body": False}
 
 log = logging.getLogger("pushsvc.app")  # where app.py logs unexpected errors
@@ -78,6 +79,17 @@ def _pumping(send: Send, raw_send: Send) -> Send:
 async def _until_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+def _queued(receive: Receive) -> Message | None:
+    """The next ASGI message if it is already waiting, taken; else None (nothing taken).
+    Hypercorn's ``receive`` is its queue's ``get``, and a request's body that came with its
+    headers is queued before the app runs: taking it needs no task step and no deadline."""
+    queue = getattr(receive, "__self__", None)
+    if type(queue) is asyncio.Queue and not queue.empty():
+        message: Message = queue.get_nowait()
+        return message
+    return None
 
 
 class _Disconnected(Exception):
@@ -194,7 +206,7 @@ class FastPath:
                 except Exception:  # pragma: no cover - headers Hypercorn accepted; Quart will answer
                     plain = None
                 if plain is not None:
-                    await self._publish(plain, receive, send, scope.get(RAW_SEND_KEY, send))
+                    await self._publish(scope, plain, receive, send)
                     return
         if scope["type"] == "http" and not _utf8(scope.get("query_string", b"")):
             # Quart's URL matching decodes the query string unguarded: it would crash (500).
@@ -207,16 +219,19 @@ class FastPath:
     # -- POST /publish -------------------------------------------------------------------
 
     async def _publish(
-        self, plain: tuple[str | None, str | None, str | None], receive: Receive, send: Send, raw_send: Send
+        self, scope: Scope, plain: tuple[str | None, str | None, str | None], receive: Receive, send: Send
     ) -> None:
         authorization, content_type, idempotency_key = plain
 
         async def read_body() -> bytes:
+            first = _queued(receive)
+            if first is not None and first["type"] == "http.request" and not first.get("more_body", False):
+                return self._whole(first)  # it came with the headers: nothing to wait for
             if self.body_timeout is None:
-                return await self._read_body(receive)
+                return await self._read_body(receive, first)
             if self._deadlines is None or self._deadlines.seconds != self.body_timeout:
                 self._deadlines = _BodyDeadlines(self.body_timeout)
-            return await self._deadlines.read(lambda: self._read_body(receive))
+            return await self._deadlines.read(lambda: self._read_body(receive, first))
 
         try:
             result, status, headers = await publish_request(
@@ -232,7 +247,20 @@ class FastPath:
             log.exception("unexpected error")
             await self._answer(send, *render_error(internal_error()))
         else:
-            await self._answer(send, status, headers, answer_bytes(result), raw_send)
+            body = answer_bytes(result)
+            raw_send = scope.get(RAW_SEND_KEY)
+            request_id = scope.get(REQUEST_ID_KEY)
+            if raw_send is None or request_id is None:  # not behind RequestContext
+                await self._answer(send, status, headers, body)
+                return
+            # The request-id wrapper's work done here, straight to the server's `send`.
+            start = [(b"content-type", _JSON_TYPE), (b"content-length", b"%d" % len(body))]
+            if headers:
+                start += [(key.lower().encode(), value.encode()) for key, value in headers.items()]
+            start.append((b"x-request-id", request_id.encode("latin-1")))
+            scope[STATUS_KEY] = status
+            await raw_send({"type": "http.response.start", "status": status, "headers": start})
+            await raw_send({"type": "http.response.body", "body": body, "more_body": False})
 
     @staticmethod
     async def _answer(
@@ -245,14 +273,21 @@ class FastPath:
         await send({"type": "http.response.start", "status": status, "headers": start})
         await (send_body or send)({"type": "http.response.body", "body": body, "more_body": False})
 
-    async def _read_body(self, receive: Receive) -> bytes:
-        """The request body: every ``http.request`` message until ``more_body`` is false
-        (h11 and h2 hold it to the Content-Length); _Disconnected if the client goes away
-        first; 413 past the limit, as Quart."""
+    def _whole(self, message: Message) -> bytes:
+        """The body of a single ``http.request`` message that has it all; 413 past the limit."""
+        chunk = message.get("body", b"")
+        if len(chunk) > self.max_body:
+            raise RequestEntityTooLarge()
+        return bytes(chunk)
+
+    async def _read_body(self, receive: Receive, first: Message | None = None) -> bytes:
+        """The request body: every ``http.request`` message (`first`: one already taken)
+        until ``more_body`` is false (h11 and h2 hold it to the Content-Length);
+        _Disconnected if the client goes away first; 413 past the limit, as Quart."""
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await receive()
+            message, first = (first, None) if first is not None else (await receive(), None)
             if message["type"] != "http.request":
                 if message["type"] == "http.disconnect":
                     raise _Disconnected
@@ -260,9 +295,7 @@ class FastPath:
             chunk = message.get("body", b"")
             more = message.get("more_body", False)
             if not more and not chunks:
-                if len(chunk) > self.max_body:
-                    raise RequestEntityTooLarge()
-                return bytes(chunk)
+                return self._whole(message)
             chunks.append(chunk)
             size += len(chunk)
             if size > self.max_body:

@@ -7,8 +7,10 @@ field, so no logged value (a URL path with ``%0a``, a header) can start a forged
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 import re
 import time
 from contextvars import ContextVar
@@ -84,8 +86,109 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+#: Direct lines held at most (then written at once).
+_MOST_PENDING = 256
+
+
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler `configure` installs: a StreamHandler that can also write a line built
+    directly from its fields (`write_fields`), exactly as its formatter would format the
+    record -- for the access log's one line per request, without a LogRecord, the filter
+    pass and the generic formatting (about 4x cheaper).  Those lines are written together
+    at the end of the loop iteration (one write for the answers it sent), and always before
+    any line logged after them; `flush` (logging's shutdown calls it) writes what is left."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Direct lines not written yet: they leave together, one write per loop iteration
+        #: (the answers to a pipeline's requests are sent in one), before any other line.
+        self._pending: list[str] = []
+
+    _second = -1
+    _local = ""  # the text format's time, to the second (time.localtime)
+    _utc = ""  # the JSON format's (time.gmtime)
+
+    def write_fields(self, logger: logging.Logger, level: int, message: str, fields: dict[str, Any]) -> None:
+        created = time.time()
+        second = int(created)
+        msecs = int((created - second) * 1000)
+        if second != self._second:
+            self._second = second
+            self._local = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._utc = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        level_name = logging.getLevelName(level)
+        if type(self.formatter) is JsonFormatter:
+            entry: dict[str, Any] = {
+                "ts": f"{self._utc}.{msecs:03d}Z", "level": level_name.lower(), "logger": logger.name,
+                "pid": os.getpid() if logging.logProcesses else None, "msg": message,
+            }
+            entry.update(fields)
+            line = json.dumps(entry, default=str)
+        else:
+            # The formatter escapes the message and each field; escaping is per character, so
+            # escaping them joined is the same (one scan instead of one per field).
+            text = " ".join([message, *[f"{k}={v}" for k, v in fields.items()]])
+            line = f"{self._local},{msecs:03d} {level_name} {logger.name}: {escape_controls(text)}"
+        pending = self._pending
+        pending.append(line)
+        if len(pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop: at once
+                self.flush()
+        elif len(pending) >= _MOST_PENDING:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending direct lines, in one write, then flush the stream."""
+        self.acquire()
+        try:
+            if self._pending:
+                text = self.terminator.join(self._pending) + self.terminator
+                self._pending.clear()
+                try:
+                    self.stream.write(text)
+                except RecursionError:
+                    raise
+                except Exception:
+                    self.handleError(logging.makeLogRecord({"msg": "access lines lost", "levelno": logging.ERROR}))
+            super().flush()
+        finally:
+            self.release()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._pending:  # the lines before it first, in order
+            self.flush()
+        super().emit(record)
+
+
+def direct_handler(logger: logging.Logger, level: int) -> LineHandler | None:
+    """The `LineHandler` that `logger` (a child of ``pushsvc``, enabled for `level`) reaches,
+    when `write_fields` gives exactly what logging would: the handler and formatter
+    `configure` set up, no other handler or filter on the way; else None."""
+    parent = logger.parent
+    if logger.handlers or logger.filters or not logger.propagate or parent is None or parent.name != "pushsvc":
+        return None
+    handlers = parent.handlers
+    if parent.filters or parent.propagate or parent.disabled or logger.disabled or len(handlers) != 1:
+        return None
+    handler = handlers[0]
+    if type(handler) is not LineHandler or level < handler.level:
+        return None
+    filters = handler.filters
+    if len(filters) != 1 or type(filters[0]) is not RequestIdFilter:
+        return None
+    formatter = handler.formatter
+    if type(formatter) is TextFormatter:
+        if formatter.converter is not time.localtime or formatter.datefmt is not None:
+            return None
+    elif type(formatter) is not JsonFormatter:
+        return None
+    return handler
+
+
 def configure(fmt: str = "text", level: str = "INFO") -> None:
-    handler = logging.StreamHandler()
+    handler = LineHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger("pushsvc")

@@ -165,7 +165,11 @@ def run_worker(
 
         await hypercorn_serve(asgi_app(app), config, shutdown_trigger=shutdown_trigger)
 
-    _new_loop_runner()(main())
+    try:
+        _new_loop_runner()(main())
+    finally:
+        for handler in logging.getLogger("pushsvc").handlers:
+            handler.flush()  # the access lines still held (`logs.LineHandler`)
 
 
 def serve(settings: Settings, bind: str, workers: int, config_path: str | None) -> int:

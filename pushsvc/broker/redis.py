@@ -33,12 +33,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
+from redis._parsers.base import BaseParser
 from redis.asyncio.connection import BlockingConnectionPool, Connection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError
 
 from ..events import Event
 from ..wire import CONTROL_CHANNEL, EMPTY, Position, channel_of_live, live_channel, meta_key
@@ -78,28 +80,9 @@ PUBLISH_PIPELINES = 1
 
 def pack_evalsha(sha: str, calls: Sequence[Call]) -> bytes:
     """The RESP bytes of ``EVALSHA sha numkeys key... arg...`` for every call, as redis-py
-    packs them (str as UTF-8, int as decimal, bytes as they are) -- ASCII text, most of a
-    publish's arguments, formatted as one string."""
-    head = f"$7\r\nEVALSHA\r\n${len(sha)}\r\n{sha}\r\n"
-    chunks: list[bytes] = []
-    text: list[str] = []
-    for keys, args in calls:
-        numkeys = str(len(keys))
-        text.append(f"*{3 + len(keys) + len(args)}\r\n{head}${len(numkeys)}\r\n{numkeys}\r\n")
-        for item in (*keys, *args):
-            if type(item) is str and item.isascii():
-                text.append(f"${len(item)}\r\n{item}\r\n")
-            elif type(item) is int:
-                digits = str(item)
-                text.append(f"${len(digits)}\r\n{digits}\r\n")
-            else:
-                raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
-                text.append(f"${len(raw)}\r\n")
-                chunks.append("".join(text).encode("ascii"))
-                chunks.append(raw)
-                text = ["\r\n"]
-    chunks.append("".join(text).encode("ascii"))
-    return b"".join(chunks)
+    packs them (str as UTF-8, int as decimal, bytes as they are), by hiredis's C packer
+    (half the cost of formatting them in Python)."""
+    return b"".join([hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args)) for keys, args in calls])
 
 
 class ScriptPipelines:
@@ -165,14 +148,15 @@ class ScriptPipelines:
         reconnects = reloads = 1
         while pending:
             try:
-                await conn.send_packed_command(pack_evalsha(self._sha, [calls[i] for i in pending]), False)
-                got = [await _reply(conn) for _ in pending]
+                if not conn.is_connected:
+                    await conn.connect()  # type: ignore[no-untyped-call]
+                got = await _round_trip(conn, pack_evalsha(self._sha, [calls[i] for i in pending]), len(pending))
             except RedisConnectionError:
                 if not reconnects:
                     raise
                 reconnects -= 1
                 await conn.disconnect(nowait=True)
-                continue  # sent again on a fresh connection (send_packed_command reconnects)
+                continue  # sent again on a fresh connection
             missing = []
             for i, reply in zip(pending, got, strict=True):
                 replies[i] = reply
@@ -180,8 +164,9 @@ class ScriptPipelines:
                     missing.append(i)
             if missing:
                 reloads -= 1
-                await conn.send_packed_command(conn.pack_command("SCRIPT", "LOAD", self._script), False)
-                await conn.read_response()
+                load = await _round_trip(conn, b"".join(conn.pack_command("SCRIPT", "LOAD", self._script)), 1)
+                if isinstance(load[0], Exception):
+                    raise load[0]
             pending = missing
         return replies
 
@@ -192,11 +177,33 @@ class ScriptPipelines:
         await self._pool.disconnect()
 
 
-async def _reply(conn: Connection) -> Any:
+async def _round_trip(conn: Connection, packed: bytes, count: int) -> list[Any]:
+    """Write `packed` (`count` commands) on `conn`'s socket and read `count` replies, parsed
+    by a hiredis reader of its own, as redis-py's parser gives them (an error reply as its
+    ResponseError instance, in its place; one that means the connection is unusable is
+    raised) -- without redis-py's per-reply machinery.  A connection closed or broken
+    meanwhile is RedisConnectionError."""
+    reader, writer = conn._reader, conn._writer
+    if reader is None or writer is None:
+        raise RedisConnectionError("not connected")
+    parser = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
+    replies: list[Any] = []
     try:
-        return await conn.read_response()
-    except ResponseError as error:  # this call's error: the others' replies follow it
-        return error
+        writer.write(packed)
+        while len(replies) < count:
+            reply = parser.gets()
+            if reply is False:
+                data = await reader.read(65536)
+                if not data:
+                    raise RedisConnectionError("Connection closed by server.")
+                parser.feed(data)
+            elif isinstance(reply, RedisConnectionError):
+                raise reply
+            else:
+                replies.append(reply)
+    except OSError as exc:
+        raise RedisConnectionError(f"{type(exc).__name__}: {exc}") from exc
+    return replies
 
 
 class RedisBroker:

@@ -195,6 +195,21 @@ async def test_json_logs_have_request_ids_and_a_line_per_ended_stream(service_fa
     line = await asyncio.to_thread(wait_until, ended, 5, 0.05, "the stream's access line")
     assert line["events"] == 3 and line["reason"] == "client" and line["channels"] == "logged"
     assert line["duration_s"] > 0 and line["client"] == "127.0.0.1" and line["logger"] == "pushsvc.access"
+    # A plain publish is answered by the fast door, which writes the request-id header itself.
+    published = await http.post(service.base + "/publish", json={"channel": "logged", "data": "x"},
+                                headers={"Authorization": f"Bearer {TOKEN}", "X-Request-ID": "pub-9"})
+    assert published.status_code == 202
+    assert published.headers.get_list("x-request-id") == ["pub-9"]
+    fresh = await http.post(service.base + "/publish", json={"channel": "logged", "data": "y"},
+                            headers={"Authorization": f"Bearer {TOKEN}"})
+    assert len(fresh.headers.get_list("x-request-id")) == 1 and len(fresh.headers["x-request-id"]) == 32
+
+    def published_line() -> dict[str, Any] | None:
+        return next((line for line in json_lines(service)
+                     if line["msg"] == "request" and line.get("request_id") == "pub-9"), None)
+
+    line = await asyncio.to_thread(wait_until, published_line, 5, 0.05, "the publish's access line")
+    assert line["status"] == 202 and line["method"] == "POST" and line["path"] == "/publish"
     requests = [entry for entry in json_lines(service) if entry["msg"] == "request"]
     assert any(entry["request_id"] == "caller-42" and entry["status"] == 200 for entry in requests)
     assert all(entry.get("ts") and entry.get("level") for entry in json_lines(service))

@@ -1,0 +1,127 @@
+"""The access log's direct line (`LineHandler.write_fields`, used by `RequestContext` for
+its one line per request) is exactly the line logging would write through the handler and
+formatter `configure` installs -- text and JSON, escaped fields, DEBUG lines of quiet paths --
+and it is used only when nothing else (a handler, a filter) would see the record."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pushsvc import logs
+from pushsvc.asgi import RequestContext, access_log
+
+SCOPES: list[dict[str, Any]] = [
+    {"client": ("127.0.0.1", 1), "method": "POST", "path": "/publish"},
+    {"client": ("203.0.113.9", 0), "method": "GET", "path": "/x\n2026-01-01 INFO forged\x1b[31m\u2028é"},
+    {"method": "PUT", "path": "/metrics"},  # no client; a quiet path: DEBUG
+]
+CREATED = [1764521999.0, 1764521999.9996, 1764522000.05]
+
+
+@pytest.fixture
+def configured() -> Iterator[None]:
+    pushsvc = logging.getLogger("pushsvc")
+    saved = pushsvc.handlers[:], pushsvc.level, pushsvc.propagate
+    yield
+    pushsvc.handlers[:], pushsvc.level, pushsvc.propagate = saved[0], saved[1], saved[2]
+    access_log.filters.clear()
+
+
+def lines(fmt: str, direct: bool, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    logs.configure(fmt, "DEBUG")
+    handler = logging.getLogger("pushsvc").handlers[0]
+    assert isinstance(handler, logs.LineHandler)
+    handler.stream = out = io.StringIO()
+    calls: list[int] = []
+    original = logs.LineHandler.write_fields
+
+    def counted(self: Any, *args: Any) -> None:
+        calls.append(1)
+        original(self, *args)
+
+    monkeypatch.setattr(logs.LineHandler, "write_fields", counted)
+    if not direct:
+        access_log.addFilter(lambda record: True)  # a filter must see records: logging's own path
+    for created in CREATED:
+        monkeypatch.setattr(logs.time, "time", lambda created=created: created)
+        monkeypatch.setattr(logging.time, "time", lambda created=created: created)
+        for status, scope in enumerate(SCOPES):
+            RequestContext._log(scope, f"req-{status}:/+=@", 200 + status, 0.00123 + status)
+    access_log.filters.clear()
+    assert len(calls) == (len(CREATED) * len(SCOPES) if direct else 0)
+    return out.getvalue().splitlines()
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_the_direct_line_is_the_line_logging_writes(fmt, configured, monkeypatch):
+    direct = lines(fmt, True, monkeypatch)
+    assert direct == lines(fmt, False, monkeypatch)
+    assert len(direct) == len(CREATED) * len(SCOPES)
+    assert all("\n" not in line and "\x1b" not in line for line in direct)
+
+
+def test_the_direct_line_is_not_used_when_something_else_would_see_the_record(configured):
+    logs.configure("text", "INFO")
+    assert logs.direct_handler(access_log, logging.INFO) is not None
+    seen: list[logging.LogRecord] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    for place in (access_log, logging.getLogger("pushsvc")):
+        extra = Catch()
+        place.addHandler(extra)
+        try:
+            assert logs.direct_handler(access_log, logging.INFO) is None
+            RequestContext._log(SCOPES[0], "seen", 202, 0.001)
+        finally:
+            place.removeHandler(extra)
+    assert [record.request_id for record in seen] == ["seen", "seen"]  # type: ignore[attr-defined]
+    logging.getLogger("pushsvc").handlers[0].addFilter(lambda record: True)
+    assert logs.direct_handler(access_log, logging.INFO) is None
+    logs.configure("text", "INFO")
+    logging.getLogger("pushsvc").handlers[0].formatter.datefmt = "%H"  # type: ignore[union-attr]
+    assert logs.direct_handler(access_log, logging.INFO) is None
+
+
+class Writes(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        self.unflushed = True
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.unflushed = False
+
+
+async def test_direct_lines_leave_together_at_the_end_of_the_iteration_and_before_any_later_line(configured):
+    logs.configure("text", "INFO")
+    handler = logging.getLogger("pushsvc").handlers[0]
+    handler.stream = out = Writes()
+    for n in range(5):
+        RequestContext._log(SCOPES[0], f"r{n}", 202, 0.001)
+    assert out.writes == 0  # held until the loop iteration ends
+    await asyncio.sleep(0)
+    ids = [line.split("request_id=")[1].split()[0] for line in out.getvalue().splitlines()]
+    assert out.writes == 1 and not out.unflushed and ids == [f"r{n}" for n in range(5)]
+    RequestContext._log(SCOPES[0], "before", 202, 0.001)
+    logging.getLogger("pushsvc.app").warning("after")  # another line: the pending one goes first
+    text = out.getvalue().splitlines()
+    assert "request_id=before" in text[-2] and text[-1].endswith("pushsvc.app: after")
+    RequestContext._log(SCOPES[0], "last", 202, 0.001)
+    handler.flush()  # what logging.shutdown() does at exit
+    assert "request_id=last" in out.getvalue().splitlines()[-1]
+    for n in range(logs._MOST_PENDING):
+        RequestContext._log(SCOPES[0], f"m{n}", 202, 0.001)
+    assert f"request_id=m{logs._MOST_PENDING - 1}" in out.getvalue().splitlines()[-1]  # a bounded backlog
