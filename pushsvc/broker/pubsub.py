@@ -96,7 +96,7 @@ def check_redis_py() -> None:
         _check_drain()
 
 
-#: What `_drain_check` feeds a parser, and what draining it must give: a message, an error
+#: What `_check_drain` feeds a parser, and what draining it must give: a message, an error
 #: reply (a value, not raised), a PONG, and an incomplete reply that stays in the parser.
 _DRAIN_FEED = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\nx\r\n-ERR no\r\n+PONG\r\n*2\r\n$4\r\npo"
 _DRAIN_REST = b"ng\r\n$0\r\n\r\n"
@@ -110,6 +110,8 @@ def _check_drain() -> None:
     parser: Any = found
     try:
         parser.on_connect(conn)
+        if parser._reader.gets() is not NOT_ENOUGH_DATA:  # the drain's stop, else it never ends
+            raise RuntimeError("redis-py's hiredis parser no longer answers NOT_ENOUGH_DATA when it has no reply")
         raw = RawConnection.__new__(RawConnection)
         raw._conn, raw._parser, raw._error = conn, parser, None
         parser._reader.feed(_DRAIN_FEED)
