@@ -2,9 +2,11 @@
 and the one adapter over the redis-py internals it needs.
 
 * `RawConnection` is the only place that touches redis-py's `Connection` for pub/sub
-  (`connect`, `send_command`, `read_response`, `disconnect`); `check_redis_py()` verifies
-  those still take what is passed here (tests/unit/test_pubsub_adapter.py runs it, so a new
-  redis-py that changes them fails loudly instead of hanging a reader).
+  (`connect`, `send_command`, `read_response`, `disconnect`) and its hiredis parser (after
+  each awaited read, every reply already buffered is taken at once: one await per socket
+  read, not per message); `check_redis_py()` verifies those still take what is passed here
+  and drains a real parser fed known bytes (tests/unit/test_pubsub_adapter.py runs it, so a
+  new redis-py that changes them fails loudly instead of hanging a reader).
 * `Subscriptions` is pure bookkeeping of Redis channel names: wanted, sent, confirmations
   still owed (counted, so a name dropped and re-added quickly is confirmed by the *second*
   reply), confirmed, and unsubscribes still owed an answer (so an unprompted
@@ -62,13 +64,8 @@ def message_handler(listener: Any, on_control: Callable[[bytes], None], name: st
         return on_control
     internal = channel_of_live(name)
     if internal is not None:
-        return partial(listener.on_message, internal, trusted=True)
+        return partial(listener.on_message, internal)  # trusted: `Listener.on_message`'s default
     return partial(listener.on_message, name, trusted=False)
-
-
-def route_message(listener: Any, on_control: Callable[[bytes], None], name: str, payload: bytes) -> None:
-    """One message to where `message_handler` sends it."""
-    message_handler(listener, on_control, name)(payload)
 
 
 # -- the adapter over redis-py ---------------------------------------------------------------
@@ -284,9 +281,9 @@ class PubSubLoop:
 
     `handler_for(name)` says where the messages of a name go (asked once per name: the
     answer is kept while the name is wanted); those handlers and `on_confirmed(name)` run on
-    the reader; `on_evicted(name)`
-    when the server unsubscribed a name by itself; `on_lost()` after the connection was lost
-    (before reconnecting).  `group` splits names into commands (sharded: one per slot).
+    the reader; `on_evicted(name)` when the server unsubscribed a name by itself; `on_lost()`
+    after the connection was lost (before reconnecting).  `group` splits names into commands
+    (sharded: one per slot).
     """
 
     def __init__(

@@ -4,6 +4,7 @@ redis-py changes what it calls, and check the subscription bookkeeping alone."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any
 
 import hiredis
@@ -191,3 +192,12 @@ async def test_the_handler_cache_stays_about_the_size_of_the_wanted_names():
     reader.cancel()
     assert len(listener.got) == 100 and listener.got[-1] == ("ch99", b"x", False)
     assert len(loop._handlers) <= 16
+
+
+def test_the_hubs_messages_are_trusted_unless_said_otherwise():
+    """`message_handler` leaves `trusted` to `Listener.on_message`'s default for the live channel."""
+    from pushsvc.broker import Listener as ListenerProtocol
+    from pushsvc.hub import Hub
+
+    assert inspect.signature(Hub.on_message).parameters["trusted"].default is True
+    assert inspect.signature(ListenerProtocol.on_message).parameters["trusted"].default is True
