@@ -197,6 +197,8 @@ class Pushsvc(Server):
                "PUSHSVC_LOG_LEVEL": "WARNING", "PUSHSVC_MAX_STREAMS": "20000"}
         if self.write_delay_ms is not None:
             env["PUSHSVC_WRITE_DELAY_MS"] = str(self.write_delay_ms)
+            if self.variant == "bare":  # bench/bare_asgi.py's floor of coalesced writes
+                env["BENCH_WRITE_DELAY_MS"] = str(self.write_delay_ms)
         if self.root is not None:
             env["PYTHONPATH"] = str(self.root)
         if self.feed_redis:
@@ -636,6 +638,8 @@ def fixed_servers(args: argparse.Namespace, redis_url: str) -> list[Server]:
                 out.append(Pushsvc(redis_url, 100, root=Path(args.base_root).resolve(), label="pushsvc-base"))
         elif name == "pushsvc-bare":
             out.append(Pushsvc(redis_url, 100, variant="bare", feed_redis=True))
+            out += [Pushsvc(redis_url, 100, variant="bare", feed_redis=True, write_delay_ms=d,
+                            label=f"pushsvc-bare-d{d}") for d in args.bare_write_delays if d]
         else:
             out.append(SERVERS[name](redis_url, 100))
     return out
@@ -1014,6 +1018,10 @@ def main() -> None:
                         help="fixed rate: run the servers this many times in turn (medians reported)")
     parser.add_argument("--write-delays", default="0,10,50",
                         help="fixed rate: one pushsvc run per PUSHSVC_WRITE_DELAY_MS value")
+    parser.add_argument("--bare-write-delays", default="",
+                        help="fixed rate: also run the bare floor coalescing on a ticker at each of these "
+                             "delays (ms), as pushsvc-bare-d<N>: the least any app under Hypercorn costs "
+                             "at that write count")
     parser.add_argument("--fixed-servers", default="pushsvc,pushsvc-bare,nchan",
                         help="fixed rate: servers (pushsvc expands to every write delay)")
     parser.add_argument("--root", default="",
@@ -1034,6 +1042,7 @@ def main() -> None:
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
     args.rates = [int(r) for r in args.rates.split(",") if r]
     args.write_delays = [int(d) for d in args.write_delays.split(",") if d]
+    args.bare_write_delays = [int(d) for d in args.bare_write_delays.split(",") if d]
     args.workers = [int(w) for w in str(args.workers).split(",") if w]
     names = [s for s in args.servers.split(",") if s]
     if any(n in ("flask-sse", "sse-starlette") for n in names) and not (BASELINE_VENV / "bin" / "gunicorn").exists():

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 #: A parked stream's mark: (stream, index of its first frame in the log, log bytes before it).
 Mark = tuple["StreamQueue", int, int]
+#: A run of live frames as one chunk: (bytes, first frame, last frame, number of frames).
+Run = tuple[bytes, Frame, Frame, int]
 
 _NO_BOUND = 1 << 62
 
@@ -38,8 +40,8 @@ class ChannelLog:
     """One channel's frames since its oldest parked stream's mark; `awake` is the channel's
     fan-out set, which parked streams leave and rejoin."""
 
-    __slots__ = ("awake", "cap_bytes", "frames", "parked", "ripe_bytes", "ripe_items", "start", "start_bytes",
-                 "total_bytes")
+    __slots__ = ("awake", "cached", "cap_bytes", "frames", "parked", "ripe_bytes", "ripe_items", "run_from",
+                 "start", "start_bytes", "total_bytes")
 
     def __init__(self, awake: set[StreamQueue], cap_bytes: int) -> None:
         self.awake = awake
@@ -51,6 +53,10 @@ class ChannelLog:
         self.parked: deque[Mark] = deque()
         self.ripe_items = _NO_BOUND
         self.ripe_bytes = _NO_BOUND
+        # Index of the first frame of the run the log ends with: frames of one epoch with
+        # consecutive seqs (a foreign frame, or a new epoch or a gap, starts a new run).
+        self.run_from = 0
+        self.cached: tuple[int, int, Run] | None = None  # (from index, end index, its run)
 
     def park(self, sub: StreamQueue) -> None:
         """`sub` starts cooling with an empty queue: frames from now on wait here for it."""
@@ -73,6 +79,12 @@ class ChannelLog:
         """A frame for the parked streams (call only while some are); True when the span
         held is ripe: then `unpark_all`."""
         frames = self.frames
+        if frame.epoch is None:  # foreign: no position, never part of a run
+            self.run_from = self.start + len(frames) + 1
+        elif frames:
+            last = frames[-1]
+            if last.epoch != frame.epoch or last.seq + 1 != frame.seq:
+                self.run_from = self.start + len(frames)
         frames.append(frame)
         self.total_bytes += len(frame.single)
         return len(frames) >= self.ripe_items or self.total_bytes - self.start_bytes >= self.ripe_bytes
@@ -92,6 +104,35 @@ class ChannelLog:
                 released.append(sub)
         self._clear()
         return released
+
+    def run(self, sub: StreamQueue) -> Run | None:
+        """`sub`'s parked frames as one chunk, when they are one run of live frames (one
+        epoch, consecutive seqs): (bytes, first frame, last frame, count).  Computed once
+        for every stream parked at the same mark -- streams that wrote at the same flush
+        instant -- so each takes its write in O(1).  None: take them frame by frame
+        (`unpark`)."""
+        mark = sub.mark
+        assert mark is not None
+        index = mark[1]
+        end = self.start + len(self.frames)
+        if index < self.run_from or index >= end:
+            return None
+        cached = self.cached
+        if cached is not None and cached[0] == index and cached[1] == end:
+            return cached[2]
+        frames = self.frames[index - self.start:]
+        chunk = frames[0].single if len(frames) == 1 else b"".join([frame.single for frame in frames])
+        run = (chunk, frames[0], frames[-1], len(frames))
+        self.cached = (index, end, run)
+        return run
+
+    def repark(self, sub: StreamQueue) -> None:
+        """`sub` wrote its `run` and cools again at once: it stays parked, its mark moved
+        past the run (no round trip through the fan-out set), nothing copied."""
+        mark = (sub, self.start + len(self.frames), self.total_bytes)
+        sub.mark = mark
+        self.parked.append(mark)  # its old mark is stale now: `_trim` drops it
+        self._trim()
 
     def drop(self, sub: StreamQueue) -> None:
         """`sub` leaves the channel while parked: its frames are not needed any more."""
@@ -138,6 +179,8 @@ class ChannelLog:
     def _clear(self) -> None:
         self.start += len(self.frames)
         self.frames = []
+        self.run_from = self.start
+        self.cached = None
         self.start_bytes = self.total_bytes
         self.parked.clear()
         self.ripe_items = self.ripe_bytes = _NO_BOUND

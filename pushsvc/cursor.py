@@ -209,6 +209,18 @@ class Cursor:
         self.delivered += count
         return chunk
 
+    def take_run(self, first: Frame, last: Frame, count: int) -> bool:
+        """`take_live` for a run already checked by its channel's log (`ChannelLog.run`: one
+        epoch, consecutive seqs): True, positions advanced, when the run is exactly what
+        comes next for this synced one-channel stream."""
+        if self.parts is not None or not self.synced[0] or self.resets or self.dirty or self.catching:
+            return False
+        if first.epoch != self.epochs[0] or first.seq != self.seqs[0] + 1:
+            return False
+        self.seqs[0] = last.seq
+        self.delivered += count
+        return True
+
     # -- items --------------------------------------------------------------------------------
 
     def feed(self, item: Any, out: list[bytes | memoryview]) -> Step | None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Generator, MutableMapping
+from typing import Any
 
 from . import sse
 from .broker import BrokerUnavailable, History
@@ -39,12 +41,51 @@ log = logging.getLogger("pushsvc.stream")
 OPEN_WAIT_SECONDS = 0.1
 
 
+class Handoff:
+    """The rest of a write that `StreamSession.write_now` began outside the stream's task:
+    awaiting it in the task resumes ``send``'s coroutine where it stopped (what it waits
+    on goes to the task, which resumes it when that is done, or throws the task's
+    cancellation into it), or raises what it raised."""
+
+    __slots__ = ("coro", "error", "waiting")
+
+    def __init__(self, coro: Generator[Any, None, None], waiting: Any, error: BaseException | None) -> None:
+        self.coro = coro
+        self.waiting = waiting
+        self.error = error
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if self.error is not None:
+            raise self.error
+        coro = self.coro
+        waiting = self.waiting
+        while True:
+            try:
+                yield waiting
+            except BaseException as exc:  # the task's cancellation, into the write
+                try:
+                    waiting = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting = coro.send(None)
+                except StopIteration:
+                    return
+
+    def close(self) -> None:
+        """The task ended before it finished the write: close the coroutine (its
+        ``finally`` blocks, e.g. a lock's release, run)."""
+        if self.error is None:
+            self.coro.close()
+
+
 class StreamSession:
     """One stream; its body is `first_chunk` then `next_chunk` until done, between `start`
     and `stop` (see `pushsvc.core.streams.pump`).  `end_reason` says why it ended, for the
     access log."""
 
-    __slots__ = ("counted", "cursor", "end_reason", "hub", "metrics", "subscriber")
+    __slots__ = ("counted", "cursor", "end_reason", "hub", "metrics", "send", "subscriber")
 
     def __init__(
         self,
@@ -65,6 +106,8 @@ class StreamSession:
         self.counted = 0  # of the cursor's deliveries, how many are in the metrics already
         self.end_reason = "client"
         self.subscriber = StreamQueue(channels, queue_size, queue_bytes, expires_at)
+        # The server's ASGI ``send``, set by the pump with a write delay (see `write_now`).
+        self.send: Callable[[MutableMapping[str, Any]], Awaitable[None]] | None = None
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -108,12 +151,63 @@ class StreamSession:
         when that produced no bytes), and whether the stream ends with it."""
         if self.cursor.catching is None:
             sub = self.subscriber
-            while sub.cooling or not sub.items:  # cooling: see `Hub.cool` (never without a write delay)
+            while (sub.cooling or not sub.items) and sub.handoff is None:  # cooling: see `Hub.cool`
                 await sub.arm()
+            if sub.handoff is not None:  # a write `write_now` began: the pump finishes it first
+                return None, False
             chunk = self._live_chunk()
             if chunk is not None:
                 return chunk, False
         return await self._slow_chunk()
+
+    def write_now(self, now: float) -> bool:
+        """Write the stream's next live frames from the hub's flush timer, without waking
+        its task (`Hub._flush_due`, with a write delay, while no write of the stream is
+        pending): False (nothing written; the stream is unparked) unless they are plain live
+        frames.  A parked stream whose frames are one run in its channel's log writes that
+        run's bytes, joined once for every stream parked at the same mark (`ChannelLog.run`);
+        else its frames go to its queue and `_live_chunk` takes them.  `now` is the flush
+        instant's ``time.monotonic()`` (one reading for all its streams).
+
+        The write is ``send``'s coroutine driven by hand: it normally finishes at once (the
+        transport takes the bytes); if it has to wait (the peer's window, a lock), the rest
+        of it is handed to the stream's task (`StreamQueue.handoff`, `Handoff`), which the
+        pump awaits before anything else -- so the write deadline, the cancellation of an
+        interrupted stream and the order of writes are the task's as before."""
+        sub = self.subscriber
+        log = sub.cooled_in
+        if log is not None:  # parked: its frames are in the channel's log, its queue is empty
+            run = None if sub.items else log.run(sub)
+            if run is not None and self.cursor.take_run(run[1], run[2], run[3]):
+                log.repark(sub)  # cools again right away (below): parked anew, past its run
+                chunk: bytes | None = run[0]
+                sub.last_write = now
+                cursor = self.cursor
+                self.metrics.events_delivered += cursor.delivered - self.counted
+                self.counted = cursor.delivered
+            else:
+                log.unpark(sub)
+                chunk = self._live_chunk() if sub.items else None
+        else:
+            chunk = self._live_chunk() if sub.items else None
+        if chunk is None:
+            return False
+        sub.writing_since = now
+        self.hub.cool(sub, now)
+        self.metrics.stream_writes += 1
+        assert self.send is not None
+        coro = self.send({"type": "http.response.body", "body": chunk, "more_body": True}).__await__()
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            sub.writing_since = 0.0
+            return True
+        except BaseException as exc:  # the task raises it, as its own send would
+            sub.handoff = Handoff(coro, None, exc)
+        else:
+            sub.handoff = Handoff(coro, waiting, None)
+        sub.wake()  # cooling as after any write; the handoff alone makes the task run
+        return True
 
     def _live_chunk(self) -> bytes | None:
         """The hot path, synchronous: the next live frames' bytes as they are (see

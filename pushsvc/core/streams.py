@@ -123,6 +123,9 @@ async def pump(session: StreamSession, send: Send) -> None:
     try:
         chunk: bytes | None
         chunk, done = await session.first_chunk()
+        if delay:
+            session.send = send
+            sub.direct = session.write_now
         while True:
             if chunk is not None:
                 sub.writing_since = started = time.monotonic()
@@ -134,7 +137,17 @@ async def pump(session: StreamSession, send: Send) -> None:
             if done:
                 return
             chunk, done = await session.next_chunk()
+            handoff = sub.handoff
+            if handoff is not None:  # the rest of a write begun at a flush instant (`write_now`)
+                sub.handoff = None
+                await handoff
+                sub.writing_since = 0.0
     finally:
+        sub.direct = None
+        handoff = sub.handoff
+        if handoff is not None:
+            sub.handoff = None
+            handoff.close()
         sub.writing_since = 0.0
         sub.task = None
         if sub.aborted is not None:

@@ -342,3 +342,221 @@ async def test_a_ripe_log_hands_each_parked_stream_its_frames_once_and_wakes_it(
     assert datas(sub.items) == ["e1", "e2", "e3"] and waiter.done() and sub.cooling == 0
     await streams.publish("e4")  # back in the fan-out, once
     assert datas(sub.items) == ["e1", "e2", "e3", "e4"]
+
+
+# -- writes at the flush instant, from the hub's timer (`StreamSession.write_now`) -------------
+
+
+class TaskWire(Wire):
+    """A `Wire` that also records which task handed each chunk over (None: a loop callback)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers: list[asyncio.Task[Any] | None] = []
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message.get("body"):
+            self.writers.append(asyncio.current_task())
+        await super().send(message)
+
+
+async def flush(streams: Streams, *sessions: StreamSession) -> None:
+    """The flush instant of each stream, now (the delay is LONG): the hub's timer callback
+    for its bucket, run by the loop as the timer would."""
+    loop = asyncio.get_running_loop()
+    for key in {s.subscriber.cooling for s in sessions if s.subscriber.cooling}:
+        loop.call_soon(streams.hub._flush_due, key)
+    await settle()
+
+
+async def open_with(streams: Streams, send: Callable[[dict[str, Any]], Any],
+                    wire: Wire) -> tuple[StreamSession, asyncio.Task[None]]:
+    session = StreamSession(streams.hub, streams.hub.metrics, ("news",), None, False, 3000,
+                            queue_size=1000, queue_bytes=1 << 20)
+    task = asyncio.create_task(pump(session, send))
+    streams.tasks.append(task)
+    await wire.until(lambda w: b"\nid: " in b"".join(w.bodies))
+    return session, task
+
+
+async def test_at_a_flush_instant_the_hub_timer_writes_the_stream_without_waking_its_task(streams):
+    wire = TaskWire()
+    session, task = await open_with(streams, wire.send, wire)
+    assert wire.writers[0] is task  # the opening write: the stream's own task
+    for round_ in range(3):  # each burst lands while the stream cools after the previous write
+        await streams.publish(*[f"e{round_}{i}" for i in range(5)])
+        await settle()
+        assert len(wire.chunks) == round_ + 1  # held back
+        await flush(streams, session)
+        await wire.until(lambda w, n=round_ + 2: len(w.chunks) >= n)
+    assert wire.events(1) == [f"e{r}{i}" for r in range(3) for i in range(5)]
+    assert len(wire.chunks) == 4
+    assert wire.writers[1:] == [None, None, None]  # written from the flush timer, not by the task
+    assert session.subscriber.writing_since == 0.0 and session.subscriber.handoff is None
+    assert streams.hub.metrics.stream_writes == 4 and streams.hub.metrics.events_delivered == 15
+    log = streams.hub._channels["news"].log
+    assert session.subscriber.cooled_in is log  # parked anew after each write ...
+    assert log.frames == [] and len(log.parked) == 1  # ... and the log keeps nothing already written
+
+
+async def test_a_flush_instant_write_that_must_wait_is_finished_by_the_stream_task_in_order(streams):
+    """The peer stops reading during a write begun at a flush instant: the stream's task
+    takes over the rest of that write (the write deadline sees it pending meanwhile), and
+    what arrives meanwhile follows it, in order, exactly once."""
+    wire = TaskWire()
+    release = asyncio.Event()
+    blocked = asyncio.Event()
+    finished: list[asyncio.Task[Any] | None] = []
+
+    started_in: list[asyncio.Task[Any] | None] = []
+
+    async def stalling_send(message: dict[str, Any]) -> None:
+        if len(wire.chunks) == 1 and not release.is_set():  # the first write after the opening
+            started_in.append(asyncio.current_task())
+            blocked.set()
+            await release.wait()
+            finished.append(asyncio.current_task())
+        await wire.send(message)
+
+    session, task = await open_with(streams, stalling_send, wire)
+    sub = session.subscriber
+    await streams.publish("e1", "e2")
+    await flush(streams, session)
+    await asyncio.wait_for(blocked.wait(), 5)
+    assert sub.writing_since > 0.0  # pending: the write deadline applies to it
+    await streams.publish("e3")
+    await settle()
+    assert len(wire.chunks) == 1
+    release.set()
+    await settle()
+    assert len(wire.chunks) == 2  # the task resumed the write at once, not at a later flush instant
+    await flush(streams, session)  # e3 waited for the next flush instant
+    await wire.until(lambda w: w.events(1) == ["e1", "e2", "e3"])
+    assert started_in == [None]  # begun by the flush timer ...
+    assert finished == [task]  # ... and the rest of the write ran in the stream's task
+    assert wire.events(1) == ["e1", "e2", "e3"] and wire.bodies[1].count(b"data: ") == 2
+    assert sub.handoff is None
+    await eventually(lambda: sub.writing_since == 0.0)
+    await streams.publish("e4")
+    await flush(streams, session)
+    await wire.until(lambda w: "e4" in w.events(1))
+    assert wire.events(1) == ["e1", "e2", "e3", "e4"]
+
+
+async def test_a_stream_interrupted_during_a_handed_over_write_ends_and_the_write_is_cancelled(streams):
+    wire = Wire()
+    cleaned_up = asyncio.Event()
+
+    async def stuck_send(message: dict[str, Any]) -> None:
+        if len(wire.chunks) == 1:
+            try:
+                await asyncio.Event().wait()  # a peer that never reads again
+            finally:
+                cleaned_up.set()
+        await wire.send(message)
+
+    session, task = await open_with(streams, stuck_send, wire)
+    sub = session.subscriber
+    await streams.publish("e1")  # cooling: written at the flush instant, where it gets stuck
+    await flush(streams, session)
+    await eventually(lambda: sub.writing_since > 0.0 and sub.handoff is None)  # the task holds it
+    sub.interrupt("write_timeout")  # what the hub's ticker does past the write deadline
+    await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 5)
+    assert cleaned_up.is_set()
+    assert session.end_reason == "write_timeout"
+    assert sub not in streams.hub._subscribers
+
+
+async def test_a_flush_instant_write_that_fails_fails_the_stream_task(streams):
+    wire = Wire()
+
+    async def failing_send(message: dict[str, Any]) -> None:
+        if len(wire.chunks) == 1:
+            raise RuntimeError("the transport broke")
+        await wire.send(message)
+
+    session, task = await open_with(streams, failing_send, wire)
+    await streams.publish("e1")
+    await flush(streams, session)
+    with pytest.raises(RuntimeError, match="the transport broke"):
+        await asyncio.wait_for(task, 5)
+    assert session.subscriber not in streams.hub._subscribers
+
+
+# -- one run of live frames, joined once for every stream parked at the same mark ---------------
+
+
+def frame(epoch: str | None, seq: int) -> Any:
+    from pushsvc.events import Frame
+
+    body = b"data: %s-%d\n\n" % ((epoch or "foreign").encode(), seq)
+    single = body if epoch is None else b"id: %s-%d\n" % (epoch.encode(), seq) + body
+    return Frame("news", epoch, seq, body, single)
+
+
+def parked_log(*subs: StreamQueue) -> Any:
+    from pushsvc.coalesce import ChannelLog
+
+    log = ChannelLog(set(subs), TAKE_MAX_BYTES)
+    for sub in subs:
+        log.park(sub)
+    return log
+
+
+def test_a_run_of_live_frames_is_joined_once_for_every_stream_parked_at_the_same_mark():
+    a, b, late = (StreamQueue(("news",), 1000, 1 << 20) for _ in range(3))
+    log = parked_log(a, b)
+    for seq in (5, 6, 7):
+        log.append(frame("E", seq))
+    log.park(late)
+    log.append(frame("E", 8))
+    run_a, run_b = log.run(a), log.run(b)
+    assert run_a is run_b  # the same tuple: joined once
+    chunk, first, last, count = run_a
+    assert chunk == b"".join(frame("E", s).single for s in (5, 6, 7, 8))
+    assert (first.seq, last.seq, count) == (5, 8, 4)
+    log.append(frame("E", 9))  # the log grew: the shared run is recomputed, not reused stale
+    assert log.run(a)[3] == 5 and log.run(a)[2].seq == 9
+    assert log.run(late)[0] == frame("E", 8).single + frame("E", 9).single  # its own mark: its own slice
+
+
+@pytest.mark.parametrize("breaker", [
+    pytest.param(lambda: frame(None, 0), id="a foreign frame"),
+    pytest.param(lambda: frame("F", 1), id="a new epoch"),
+    pytest.param(lambda: frame("E", 9), id="a gap in seqs"),
+])
+def test_a_parked_slice_that_is_not_one_run_is_not_taken_as_one(breaker):
+    a = StreamQueue(("news",), 1000, 1 << 20)
+    log = parked_log(a)
+    log.append(frame("E", 5))
+    log.append(breaker())
+    assert log.run(a) is None  # taken frame by frame (the cursor sees the reset, gap or foreign frame)
+    log.append(frame("E", 10))
+    assert log.run(a) is None
+    b = StreamQueue(("news",), 1000, 1 << 20)
+    log.park(b)
+    log.append(frame("E", 11))
+    assert log.run(b) is not None and log.run(b)[3] == 1  # a run that starts after the break is one
+
+
+async def test_streams_parked_at_the_same_mark_write_the_same_bytes_joined_once(streams):
+    wires = [TaskWire() for _ in range(3)]
+    sent: list[list[bytes]] = [[] for _ in wires]
+
+    def recording(i: int) -> Callable[[dict[str, Any]], Any]:
+        async def send(message: dict[str, Any]) -> None:
+            if message.get("body"):
+                sent[i].append(message["body"])
+            await wires[i].send(message)
+        return send
+
+    sessions = [(await open_with(streams, recording(i), wire))[0] for i, wire in enumerate(wires)]
+    await streams.publish("e1", "e2", "e3")  # all three parked since their opening writes
+    await flush(streams, *sessions)
+    for wire in wires:
+        await wire.until(lambda w: "e3" in w.events(1))
+    assert [w.events(1) for w in wires] == [["e1", "e2", "e3"]] * 3
+    assert [w.writers[-1] for w in wires] == [None] * 3  # from the flush timer
+    last = [s[-1] for s in sent]
+    assert last[0] is last[1] is last[2]  # one join for the three streams
+    assert streams.hub.metrics.events_delivered == 9
