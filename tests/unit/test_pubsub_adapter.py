@@ -173,6 +173,7 @@ async def test_the_reader_routes_each_message_by_its_name_in_order_asking_once_p
     async with asyncio.timeout(5):
         await conn.done.wait()
     reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
     assert listener.got == [("ch", b"1", True), ("ch", b"raw", False), ("ch", b"2", True)]
     assert control == [b"q"]
     assert confirmed == [f"{live_channel('ch')}@0", "ch@3"]
@@ -190,6 +191,7 @@ async def test_the_handler_cache_stays_about_the_size_of_the_wanted_names():
     async with asyncio.timeout(5):
         await conn.done.wait()
     reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
     assert len(listener.got) == 100 and listener.got[-1] == ("ch99", b"x", False)
     assert len(loop._handlers) <= 16
 
