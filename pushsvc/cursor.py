@@ -188,14 +188,21 @@ class Cursor:
             return None
         epoch = self.epochs[0]
         seq = self.seqs[0]
-        for item in items:
-            if type(item) is not Frame:
-                return None
-            if item.epoch is None:  # foreign message: live only, no id (its `single` is its body)
-                continue
-            if item.epoch != epoch or item.seq != seq + 1:
-                return None
-            seq = item.seq
+        if epoch is None:  # nothing of the channel yet: a frame with a position is a new epoch
+            for item in items:
+                if type(item) is not Frame or item.epoch is not None:
+                    return None
+        else:
+            # Once per frame per stream: one test for the usual frame (the next of this
+            # epoch); a foreign message (no epoch: live only, no id, its `single` is its body)
+            # is skipped; anything else goes item by item.
+            frame = Frame
+            for item in items:
+                seq += 1
+                if type(item) is not frame or item.seq != seq or item.epoch != epoch:
+                    if type(item) is not frame or item.epoch is not None:
+                        return None
+                    seq -= 1
         count = len(items)
         chunk = items[0].single if count == 1 else b"".join([frame.single for frame in items])
         self.seqs[0] = seq

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,22 +222,37 @@ class Frame:
     eid: str | None = None  # the event's identity, shared by its copies on several channels
 
 
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+
+
 def parse_message(channel: str, payload: bytes, trusted: bool = True) -> Frame:
     """Parse a pub/sub message or history entry into a Frame; EventError if it is not valid.
 
     Only `trusted` payloads (written by pushsvc's own publish script) may carry a position;
     an untrusted one is a foreign event without an id, whatever members it carries."""
     try:
-        obj = loads(payload)
-    except (ValueError, RecursionError):
-        raise EventError("invalid_message", "message is not JSON") from None
-    if not isinstance(obj, dict) or "data" not in obj:
+        # `loads`, for a payload that is one JSON value and nothing else (what the publish
+        # script writes): the decoder's scanner at once, else `loads` itself decides.
+        text = payload.decode("utf-8")
+        obj, end = _SCAN(text, 0)
+        if end != len(text):
+            obj = loads(payload)
+    except (ValueError, RecursionError, StopIteration, AttributeError):
+        try:
+            obj = loads(payload)
+        except (ValueError, RecursionError):
+            raise EventError("invalid_message", "message is not JSON") from None
+    if type(obj) is not dict or "data" not in obj:
         raise EventError("invalid_message", "message is not a JSON object with 'data'")
-    type_ = check_event_type(obj.get("type"))
-    retry = check_retry(obj.get("retry"))
+    type_ = obj.get("type")
+    if type_ is not None:
+        type_ = check_event_type(type_)
+    retry = obj.get("retry")
+    if retry is not None:
+        retry = check_retry(retry)
     data = obj["data"]
     try:
-        body = sse.encode_event(data if isinstance(data, str) else dumps(data), type_, retry)
+        body = sse.encode_event(data if type(data) is str else dumps(data), type_, retry)
     except (UnicodeEncodeError, ValueError):
         raise EventError("invalid_message", "message data cannot be encoded") from None
     member = obj.get(wire.ENVELOPE_MEMBER) if trusted else None

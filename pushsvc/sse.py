@@ -15,6 +15,8 @@ _NEWLINE = re.compile(r"\r\n|\r|\n")
 
 def encode_event(data: str, event_type: str | None = None, retry: int | None = None) -> bytes:
     """Encode an event without its id line (the id depends on the stream, see `Frame`)."""
+    if event_type is None and retry is None and "\n" not in data and "\r" not in data:
+        return f"data: {data}\n\n".encode()  # one line: what most events are
     lines = []
     if event_type is not None:
         lines.append(f"event: {event_type}\n")

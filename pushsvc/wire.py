@@ -171,24 +171,29 @@ class EnvelopeError(ValueError):
     pass
 
 
+#: Epochs `read_position` has seen well-formed (a few per channel: the regex once each).
+_EPOCHS_SEEN: set[str] = set()
+
+
 def read_position(member: object) -> tuple[int, str, str | None]:
     """(seq, epoch, eid) from a trusted envelope's ``"pushsvc"`` member; EnvelopeError."""
-    if (
-        not isinstance(member, list)
-        or len(member) not in (2, 3)
-        or isinstance(member[0], bool)
-        or not isinstance(member[0], int)
-        or member[0] < 1
-        or not isinstance(member[1], str)
-        or EPOCH_RE.fullmatch(member[1]) is None
-    ):
+    if type(member) is not list or len(member) not in (2, 3):
         raise EnvelopeError("message has a malformed pushsvc position")
+    seq, epoch = member[0], member[1]
+    if type(seq) is not int or seq < 1 or type(epoch) is not str:  # type(): bool is no int here
+        raise EnvelopeError("message has a malformed pushsvc position")
+    if epoch not in _EPOCHS_SEEN:
+        if EPOCH_RE.fullmatch(epoch) is None:
+            raise EnvelopeError("message has a malformed pushsvc position")
+        if len(_EPOCHS_SEEN) >= 4096:
+            _EPOCHS_SEEN.clear()
+        _EPOCHS_SEEN.add(epoch)
     eid = None
     if len(member) == 3:
-        if not isinstance(member[2], str) or EID_RE.fullmatch(member[2]) is None:
-            raise EnvelopeError("message has a malformed pushsvc event identity")
         eid = member[2]
-    return member[0], member[1], eid
+        if type(eid) is not str or EID_RE.fullmatch(eid) is None:
+            raise EnvelopeError("message has a malformed pushsvc event identity")
+    return seq, epoch, eid
 
 
 def position_ids(text: str | bytes) -> list[str]:

@@ -85,7 +85,7 @@ from .failover import (
     proof_key,
     proof_key_of_slot,
 )
-from .pubsub import SHARDED, UNAVAILABLE, PubSubLoop, route_message, text
+from .pubsub import SHARDED, UNAVAILABLE, PubSubLoop, message_handler, text
 from .scripts import (
     POSITION_LUA,
     Call,
@@ -343,7 +343,7 @@ class ClusterBroker:
         loop = PubSubLoop(
             pool, label=address, timeout=self.timeout, ping_interval=self.ping_interval,
             backoff_cap=self.backoff_cap, dialect=SHARDED, group=_group_by_slot,
-            on_message=self._on_message,
+            handler_for=self._handler_for,
             on_confirmed=lambda name, a=address: self._on_confirmed(a, name),  # type: ignore[misc]
             on_evicted=lambda name, a=address: self._on_evicted(a, name),  # type: ignore[misc]
             on_lost=self.kick, on_error_reply=lambda _exc: self.kick(),
@@ -566,9 +566,9 @@ class ClusterBroker:
         if address is not None and address in self._loops:
             self._loops[address].drop(_names(channel))
 
-    def _on_message(self, name: str, payload: bytes) -> None:
+    def _handler_for(self, name: str) -> Callable[[bytes], None]:
         assert self._listener is not None
-        route_message(self._listener, self._counter.on_query, name, payload)
+        return message_handler(self._listener, self._counter.on_query, name)
 
     def _on_confirmed(self, address: str, name: str) -> None:
         public = channel_of_live(name) or name

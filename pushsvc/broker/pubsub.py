@@ -2,9 +2,11 @@
 and the one adapter over the redis-py internals it needs.
 
 * `RawConnection` is the only place that touches redis-py's `Connection` for pub/sub
-  (`connect`, `send_command`, `read_response`, `disconnect`); `check_redis_py()` verifies
-  those still take what is passed here (tests/unit/test_pubsub_adapter.py runs it, so a new
-  redis-py that changes them fails loudly instead of hanging a reader).
+  (`connect`, `send_command`, `read_response`, `disconnect`) and its hiredis parser (after
+  each awaited read, every reply already buffered is taken at once: one await per socket
+  read, not per message); `check_redis_py()` verifies those still take what is passed here
+  and drains a real parser fed known bytes (tests/unit/test_pubsub_adapter.py runs it, so a
+  new redis-py that changes them fails loudly instead of hanging a reader).
 * `Subscriptions` is pure bookkeeping of Redis channel names: wanted, sent, confirmations
   still owed (counted, so a name dropped and re-added quickly is confirmed by the *second*
   reply), confirmed, and unsubscribes still owed an answer (so an unprompted
@@ -29,10 +31,14 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.asyncio.connection import Connection, ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.utils import HIREDIS_AVAILABLE
 
 from ..wire import CONTROL_CHANNEL, channel_of_live
 
@@ -49,18 +55,17 @@ def text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def route_message(listener: Any, on_control: Callable[[bytes], None], name: str, payload: bytes) -> None:
-    """A pub/sub message to where it belongs: the control channel's queries to `on_control`;
-    the internal ``pushsvc:{<ch>}:live`` channel's to the listener as trusted messages of
-    ``<ch>``; a raw message on a public name as untrusted (it can never carry a position)."""
+def message_handler(listener: Any, on_control: Callable[[bytes], None], name: str) -> Callable[[bytes], None]:
+    """Where the messages of pub/sub name `name` go (asked once per name, see `PubSubLoop`):
+    the control channel's queries to `on_control`; the internal ``pushsvc:{<ch>}:live``
+    channel's to the listener as trusted messages of ``<ch>``; a raw message on a public name
+    as untrusted (it can never carry a position)."""
     if name == CONTROL_CHANNEL:
-        on_control(payload)
-        return
+        return on_control
     internal = channel_of_live(name)
     if internal is not None:
-        listener.on_message(internal, payload, True)
-    else:
-        listener.on_message(name, payload, False)
+        return partial(listener.on_message, internal)  # trusted: `Listener.on_message`'s default
+    return partial(listener.on_message, name, trusted=False)
 
 
 # -- the adapter over redis-py ---------------------------------------------------------------
@@ -68,7 +73,8 @@ def route_message(listener: Any, on_control: Callable[[bytes], None], name: str,
 
 def check_redis_py() -> None:
     """Raise RuntimeError when redis-py's `Connection` no longer offers what `RawConnection`
-    calls (names, and the keyword arguments passed)."""
+    calls (names, and the keyword arguments passed), or when its hiredis parser no longer
+    holds what `RawConnection.read_many` drains (checked on bytes fed to a real parser)."""
     wanted = {
         "connect": set(),
         "send_command": set(),
@@ -83,6 +89,42 @@ def check_redis_py() -> None:
         missing = keywords - set(params)
         if missing:
             raise RuntimeError(f"redis-py Connection.{name} no longer takes {sorted(missing)}")
+    if HIREDIS_AVAILABLE:
+        _check_drain()
+
+
+#: What `_check_drain` feeds a parser, and what draining it must give: a message, an error
+#: reply (a value, not raised), a PONG, and an incomplete reply that stays in the parser.
+_DRAIN_FEED = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\nx\r\n-ERR no\r\n+PONG\r\n*2\r\n$4\r\npo"
+_DRAIN_REST = b"ng\r\n$0\r\n\r\n"
+
+
+def _check_drain() -> None:
+    conn = Connection(protocol=2)
+    found = getattr(conn, "_parser", None)
+    if not isinstance(found, _AsyncHiredisParser):
+        raise RuntimeError(f"redis-py's Connection no longer uses its hiredis parser ({type(found).__name__})")
+    parser: Any = found
+    try:
+        parser.on_connect(conn)
+        if parser._reader.gets() is not NOT_ENOUGH_DATA:  # the drain's stop, else it never ends
+            raise RuntimeError("redis-py's hiredis parser no longer answers NOT_ENOUGH_DATA when it has no reply")
+        raw = RawConnection.__new__(RawConnection)
+        raw._conn, raw._parser, raw._error = conn, parser, None
+        parser._reader.feed(_DRAIN_FEED)
+        got = raw._drain([])
+        parser._reader.feed(_DRAIN_REST)
+        rest = raw._drain([])
+    except (AttributeError, TypeError) as exc:
+        raise RuntimeError(f"redis-py's hiredis parser changed: the pub/sub reader cannot drain it: {exc}") from exc
+    if (
+        len(got) != 3
+        or got[0] != [b"message", b"ch", b"x"]
+        or not isinstance(got[1], ResponseError)
+        or got[2] != b"PONG"
+        or rest != [[b"pong", b""]]
+    ):
+        raise RuntimeError(f"redis-py's hiredis parser changed: draining it gave {got!r} then {rest!r}")
 
 
 class RawConnection:
@@ -90,6 +132,10 @@ class RawConnection:
 
     def __init__(self, pool: ConnectionPool) -> None:
         self._conn: Connection = pool.make_connection()  # type: ignore[no-untyped-call]
+        parser: Any = getattr(self._conn, "_parser", None)
+        # Without hiredis (not pushsvc's install) every reply is read through `read`.
+        self._parser: Any = parser if isinstance(parser, _AsyncHiredisParser) else None
+        self._error: BaseException | None = None  # met while draining, raised by the next read
 
     async def connect(self) -> None:
         await self._conn.connect()  # type: ignore[no-untyped-call]
@@ -103,6 +149,46 @@ class RawConnection:
             return await self._conn.read_response(timeout=math.inf, disconnect_on_error=False)
         except ResponseError as exc:
             return exc
+
+    async def read_many(self) -> list[Any]:
+        """The next reply, then every reply the parser already holds after it (one await per
+        socket read, not per message), in order; each as `read` returns it.  A connection
+        error met after some replies is raised by the next call, once those are handled."""
+        error = self._error
+        if error is not None:
+            self._error = None
+            raise error
+        replies = [await self.read()]
+        return replies if self._parser is None else self._drain(replies)
+
+    def _drain(self, replies: list[Any]) -> list[Any]:
+        """What redis-py's `_AsyncHiredisParser.read_response` does with a reply it finds
+        buffered, for every reply buffered: a connection error is raised (here: deferred
+        after the replies before it), a RESP3 push is skipped (none on this RESP2
+        connection), anything else -- an error reply too -- is a reply."""
+        parser = self._parser
+        assert parser is not None
+        if not parser._connected:
+            return replies
+        gets = parser._reader.gets
+        push = parser._hiredis_PushNotificationType
+        try:
+            while True:
+                reply = gets()
+                if reply is NOT_ENOUGH_DATA:
+                    return replies
+                if isinstance(reply, RedisConnectionError):
+                    raise reply
+                if type(reply) is list and reply and isinstance(reply[0], RedisConnectionError):
+                    raise reply[0]
+                if push is not None and isinstance(reply, push):
+                    continue
+                replies.append(reply)
+        except Exception as exc:  # a protocol error too: after the replies before it
+            if not replies:
+                raise
+            self._error = exc
+            return replies
 
     async def close(self) -> None:
         await self._conn.disconnect(nowait=True)
@@ -193,9 +279,11 @@ def _one_group(names: list[str]) -> list[list[str]]:
 class PubSubLoop:
     """Keeps one pub/sub connection subscribed to `subs.desired` and reports what it reads.
 
-    `on_message(name, payload)` and `on_confirmed(name)` run on the reader; `on_evicted(name)`
-    when the server unsubscribed a name by itself; `on_lost()` after the connection was lost
-    (before reconnecting).  `group` splits names into commands (sharded: one per slot).
+    `handler_for(name)` says where the messages of a name go (asked once per name: the
+    answer is kept while the name is wanted); those handlers and `on_confirmed(name)` run on
+    the reader; `on_evicted(name)` when the server unsubscribed a name by itself; `on_lost()`
+    after the connection was lost (before reconnecting).  `group` splits names into commands
+    (sharded: one per slot).
     """
 
     def __init__(
@@ -206,7 +294,7 @@ class PubSubLoop:
         timeout: float,
         ping_interval: float,
         backoff_cap: float,
-        on_message: Callable[[str, bytes], None],
+        handler_for: Callable[[str], Callable[[bytes], None]],
         on_confirmed: Callable[[str], None],
         dialect: Dialect = CLASSIC,
         group: Callable[[list[str]], list[list[str]]] = _one_group,
@@ -221,7 +309,8 @@ class PubSubLoop:
         self.backoff_cap = backoff_cap
         self.dialect = dialect
         self._group = group
-        self._on_message = on_message
+        self._handler_for = handler_for
+        self._handlers: dict[bytes, Callable[[bytes], None]] = {}  # raw name -> handler_for(name)
         self._on_confirmed = on_confirmed
         self._on_evicted = on_evicted
         self._on_lost = on_lost
@@ -373,31 +462,45 @@ class PubSubLoop:
 
     async def _read(self, conn: RawConnection) -> None:
         dialect = self.dialect
+        message, subscribed, unsubscribed = dialect.message, dialect.subscribed, dialect.unsubscribed
+        handlers = self._handlers
         while True:
-            reply = await conn.read()
-            if isinstance(reply, list) and reply:
-                kind = reply[0]
-                if kind == dialect.message:
-                    self.messages += 1
-                    self._on_message(text(reply[1]), reply[2])
-                elif kind == dialect.subscribed:
-                    name = text(reply[1])
-                    if self.subs.on_subscribe_reply(name):
-                        self._on_confirmed(name)
-                elif kind == dialect.unsubscribed:
-                    name = text(reply[1])
-                    if self.subs.on_unsubscribe_reply(name) and self._on_evicted is not None:
-                        self._on_evicted(name)
-                elif kind == b"pong":
-                    self._on_pong(reply[1] if len(reply) > 1 else b"")
-            elif isinstance(reply, bytes):  # PING answered outside subscribed mode
-                self._on_pong(b"" if reply == b"PONG" else reply)
-            elif isinstance(reply, ResponseError):
-                # A refused (S)SUBSCRIBE (MOVED: the slot is elsewhere): the owner re-routes,
-                # and this connection starts afresh so no confirmation count is left owed.
-                if self._on_error_reply is not None:
-                    self._on_error_reply(reply)
-                raise PubSubDead(f"redis refused a subscription: {reply}")
+            for reply in await conn.read_many():
+                if isinstance(reply, list) and reply:
+                    kind = reply[0]
+                    if kind == message:
+                        self.messages += 1
+                        handler = handlers.get(reply[1])
+                        if handler is None:
+                            handler = self._handler(reply[1])
+                        handler(reply[2])
+                    elif kind == subscribed:
+                        name = text(reply[1])
+                        if self.subs.on_subscribe_reply(name):
+                            self._on_confirmed(name)
+                    elif kind == unsubscribed:
+                        name = text(reply[1])
+                        if self.subs.on_unsubscribe_reply(name) and self._on_evicted is not None:
+                            self._on_evicted(name)
+                    elif kind == b"pong":
+                        self._on_pong(reply[1] if len(reply) > 1 else b"")
+                elif isinstance(reply, bytes):  # PING answered outside subscribed mode
+                    self._on_pong(b"" if reply == b"PONG" else reply)
+                elif isinstance(reply, ResponseError):
+                    # A refused (S)SUBSCRIBE (MOVED: the slot is elsewhere): the owner re-routes,
+                    # and this connection starts afresh so no confirmation count is left owed.
+                    if self._on_error_reply is not None:
+                        self._on_error_reply(reply)
+                    raise PubSubDead(f"redis refused a subscription: {reply}")
+
+    def _handler(self, raw: bytes) -> Callable[[bytes], None]:
+        """`handler_for` of a name, kept: the cache holds at most about the names wanted
+        (names dropped leave it when it outgrows them)."""
+        handlers = self._handlers
+        if len(handlers) >= 2 * len(self.subs.desired) + 16:
+            handlers.clear()
+        handler = handlers[raw] = self._handler_for(text(raw))
+        return handler
 
     def _on_pong(self, token: bytes) -> None:
         if token == b"barrier":

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -56,7 +56,7 @@ from . import (
 )
 from .batcher import Batcher
 from .counting import SubscriberCounter
-from .pubsub import UNAVAILABLE, PubSubLoop, route_message, text
+from .pubsub import UNAVAILABLE, PubSubLoop, message_handler, text
 from .scripts import (
     PUBLISH_LUA,
     Call,
@@ -246,7 +246,7 @@ class RedisBroker:
         self._listener: Listener | None = None
         self._loop = PubSubLoop(
             pubsub_pool, label="redis", timeout=timeout_seconds, ping_interval=ping_interval_seconds,
-            backoff_cap=backoff_cap_seconds, on_message=self._on_message, on_confirmed=self._on_confirmed,
+            backoff_cap=backoff_cap_seconds, handler_for=self._handler_for, on_confirmed=self._on_confirmed,
         )
         self._counter = SubscriberCounter(
             lambda query: self.client.publish(CONTROL_CHANNEL, query), lambda _key: self.client, timeout_seconds
@@ -355,9 +355,9 @@ class RedisBroker:
             return
         self._loop.drop(self._redis_names(channel))
 
-    def _on_message(self, name: str, payload: bytes) -> None:
+    def _handler_for(self, name: str) -> Callable[[bytes], None]:
         assert self._listener is not None
-        route_message(self._listener, self._counter.on_query, name, payload)
+        return message_handler(self._listener, self._counter.on_query, name)
 
     def _on_confirmed(self, name: str) -> None:
         public = channel_of_live(name) or name

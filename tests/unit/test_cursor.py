@@ -11,9 +11,12 @@ import json
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pushsvc.cursor as cursor_module
 from pushsvc.cursor import CLOSE, EXPIRED, OVERFLOW, PING, RECENT_EIDS, End, ReadHistory, Sync
+from pushsvc.events import Frame, parse_message
 from pushsvc.metrics import Metrics
 from pushsvc.resume import EMPTY, Position, parse_stream_id
 from tests.support.cursor_driver import Driver, Store, parse_with_eids
@@ -381,3 +384,53 @@ def test_a_shared_page_that_starts_before_the_position_resends_nothing():
     out: list[bytes | memoryview] = []
     assert d.cursor.on_history(store.history("news", 0, None), out, 1 << 20) is None  # read for another stream
     assert b"".join(out).count(b"data: ") == 3 and b"data: e3" in b"".join(out) and b"data: e2" not in b"".join(out)
+
+
+# -- the hot path's check against the plain loop it replaced ---------------------------------
+
+
+def _old_take_live(epoch: str | None, seq: int, items: list) -> tuple[int, bytes] | None:
+    for item in items:
+        if type(item) is not Frame:
+            return None
+        if item.epoch is None:
+            continue
+        if item.epoch != epoch or item.seq != seq + 1:
+            return None
+        seq = item.seq
+    return seq, b"".join(bytes(item.single) for item in items)
+
+
+def _frame(kind: tuple[str, str, int]) -> object:
+    what, epoch, seq = kind
+    if what == "ping":
+        return PING
+    if what == "foreign":
+        return parse_message("news", b'{"data":"raw"}', False)
+    return parse_message("news", b'{"data":"e","pushsvc":[%d,"%s"]}' % (seq, epoch.encode()))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    published=st.integers(0, 3),
+    kinds=st.lists(st.tuples(st.sampled_from(["frame", "frame", "frame", "foreign", "ping"]),
+                             st.sampled_from(["same", "same", "epochb02"]), st.integers(1, 7)), min_size=1, max_size=8),
+    run=st.booleans(),
+)
+def test_the_hot_path_takes_exactly_what_the_plain_loop_took(published: int, kinds: list, run: bool):
+    store = Store()
+    publish_n(store, "news", published)
+    d = Driver.open(store, ("news",))
+    d.sync("news")
+    d.drain()
+    epoch, seq = d.cursor.epochs[0], d.cursor.seqs[0]
+    kinds = [(k, (epoch or "epocha01") if e == "same" else e, s) for k, e, s in kinds]
+    if run:  # the next sequences, as live delivery has them (of this epoch or, sometimes, another)
+        kinds = [(k, e, seq + 1 + i) for i, (k, e, s) in enumerate(kinds)]
+    items = [_frame(k) for k in kinds]
+    want = _old_take_live(epoch, seq, items)
+    got = d.cursor.take_live(items)
+    if want is None:
+        assert got is None and (d.cursor.epochs[0], d.cursor.seqs[0]) == (epoch, seq)
+    else:
+        assert got is not None and bytes(got) == want[1] and d.cursor.seqs[0] == want[0]
