@@ -198,7 +198,7 @@ async def test_over_http2_a_burst_arrives_exactly_once_in_order_in_far_fewer_dat
 
 @pytest.mark.parametrize("door", DOORS)
 async def test_a_stream_ending_while_it_cools_ends_at_once_not_at_its_flush_instant(
-    service_factory, redis_url, door
+    service_factory, redis_url, http, door
 ):
     """With the longest delay (1 s) a stream that has just written holds its next event for
     up to a second; a shutdown meanwhile ends it at once, the held event and the final
@@ -209,6 +209,9 @@ async def test_a_stream_ending_while_it_cools_ends_at_once_not_at_its_flush_inst
     try:
         await client.wait_open()  # its opening write: cooling from here, for 0.75 to 1 s
         await publisher.publish("ending", "held")
+        async with asyncio.timeout(10):  # held by the cooling stream (not still on its way from Redis)
+            while await metric(http, service, "pushsvc_events_received_total") < 1:
+                await asyncio.sleep(0.01)
         assert service.proc is not None
         asked = time.monotonic()
         service.proc.send_signal(signal.SIGTERM)
