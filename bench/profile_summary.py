@@ -45,7 +45,8 @@ def frame_name(frame: str) -> str:
 BUCKETS = [
     ("socket write (transport.write: the send system call)", lambda fs: fs[-1].startswith("StreamWriter.write")),
     ("Hypercorn + h11 per-chunk path around it", lambda fs: any(f.startswith("HTTPStream.app_send") for f in fs)),
-    ("pushsvc stream: cursor, queue, session, pump", lambda fs: any(f.startswith("pump (pushsvc") for f in fs)),
+    ("pushsvc stream: cursor, queue, session, pump", lambda fs: any(f.startswith("pump (pushsvc") for f in fs)
+     or any(f.startswith(("Hub._flush_due", "Hub.cool")) for f in fs)),
     ("Redis reader: parse once, route, fan out into queues", lambda fs: any("pubsub.py" in f for f in fs)),
     ("uvloop's C code (callbacks, socket reads, timers)", lambda fs: fs[-1].startswith("Runner.run")),
     ("Hypercorn, other", lambda fs: any("hypercorn/" in f for f in fs)),
