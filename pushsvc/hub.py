@@ -22,8 +22,10 @@ arrives for it does not wake it, so it leaves in one write.  A one-channel strea
 in its channel's `coalesce.ChannelLog` meanwhile (the fan-out skips it: the frame is logged
 once for all parked streams); a multi-channel one keeps receiving frames in its queue
 (`StreamQueue.push`).  Cooling streams wait in one bucket per flush instant (instants on a
-grid of a quarter of the delay), and one loop timer per bucket wakes every due stream that
-has something queued: no timer per stream or per write.  A control item (heartbeat, sync,
+grid of a quarter of the delay), and one loop timer per bucket writes every due stream that
+has something queued -- itself, without waking the stream's task, when what is queued is
+plain live frames (`StreamSession.write_now`; streams parked at the same mark share one
+joined chunk, `ChannelLog.run`), else by waking it: no timer per stream or per write.  A control item (heartbeat, sync,
 close, overflow, expiry) ends the cooling at once, and so do frames reaching the per-write
 byte cap (`TAKE_MAX_BYTES`) or half the queue's bound (`StreamQueue.ripe`, `ChannelLog.append`).
 """
