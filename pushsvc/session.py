@@ -49,7 +49,7 @@ class Handoff:
 
     __slots__ = ("coro", "error", "waiting")
 
-    def __init__(self, coro: Generator[Any, None, None], waiting: Any, error: BaseException | None) -> None:
+    def __init__(self, coro: Generator[Any, None, None], waiting: Any, error: Exception | None) -> None:
         self.coro = coro
         self.waiting = waiting
         self.error = error
@@ -202,7 +202,7 @@ class StreamSession:
         except StopIteration:
             sub.writing_since = 0.0
             return True
-        except BaseException as exc:  # the task raises it, as its own send would
+        except Exception as exc:  # the task raises it, as its own send would
             sub.handoff = Handoff(coro, None, exc)
         else:
             sub.handoff = Handoff(coro, waiting, None)
