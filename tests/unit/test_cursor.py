@@ -56,30 +56,29 @@ def test_a_fresh_stream_states_its_position_at_sync_then_takes_live_frames_as_th
     assert d.cursor.position(0) == store.position("news")
 
 
+def synced(store: Store, channel: str = "news") -> Driver:
+    """A one-channel stream synced at the channel's current position, nothing pending."""
+    d = Driver.open(store, (channel,))
+    d.sync(channel)
+    d.drain()
+    return d
+
+
 def test_a_run_checked_by_the_channel_log_is_taken_only_when_it_is_exactly_what_comes_next():
     store = Store()
     publish_n(store, "news", 3)
-    d = Driver.open(store, ("news",))
-    d.sync("news")
-    d.drain()
+    d = synced(store)
     first, second, third = publish_n(store, "news", 3, start=3)
     assert not d.cursor.take_run(second, third, 2)  # a gap
-    d2 = Driver.open(store, ("news",))
-    d2.sync("news")
-    d2.drain()
-    assert not d2.cursor.take_run(first, third, 3)  # d2 synced after all six: first is old
-    e = Driver.open(Store(), ("news",))
-    assert not e.cursor.take_run(first, third, 3)  # not synced yet
-    multi = Driver.open(store, ("a", "news"))
-    assert not multi.cursor.take_run(first, third, 3)
+    assert not synced(store).cursor.take_run(first, third, 3)  # synced after all six: first is old
+    assert not Driver.open(Store(), ("news",)).cursor.take_run(first, third, 3)  # not synced yet
+    assert not Driver.open(store, ("a", "news")).cursor.take_run(first, third, 3)  # multi-channel
 
 
 def test_a_run_taken_advances_the_position_as_its_frames_would():
     store = Store()
     publish_n(store, "news", 3)
-    d = Driver.open(store, ("news",))
-    d.sync("news")
-    d.drain()
+    d = synced(store)
     before = d.cursor.delivered
     first, _, third = publish_n(store, "news", 3, start=3)
     assert d.cursor.take_run(first, third, 3)
