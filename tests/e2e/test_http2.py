@@ -168,6 +168,36 @@ async def test_many_streams_multiplex_on_one_http2_connection(tls_service):
         await client.close()
 
 
+async def test_over_tls_http11_streams_write_their_chunks_straight_to_the_tls_transport(tls_service):
+    """HTTP/1.1 through TLS (ALPN ``http/1.1``): the chunks go to the TLS transport directly
+    (`pushsvc.directwrite`), the events arrive whole and in order, and the same service's
+    HTTP/2 streams (test above) never take that path."""
+    service = tls_service
+    context = service.ssl
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(verify=context, timeout=10) as client:
+        async with client.stream("GET", f"{service.base}/stream?channel=tls-h1") as response:
+            assert response.status_code == 200 and response.http_version == "HTTP/1.1"
+            lines = response.aiter_lines()
+            async with asyncio.timeout(10):
+                async for line in lines:  # synced: its position's id
+                    if line.startswith("id: "):
+                        break
+                for n in range(5):
+                    answer = await client.post(f"{service.base}/publish", headers=auth,
+                                               json={"channel": "tls-h1", "data": f"event {n}"})
+                    assert answer.status_code == 202
+                data = []
+                async for line in lines:
+                    if line.startswith("data: "):
+                        data.append(line)
+                        if len(data) == 5:
+                            break
+        assert data == [f"data: event {n}" for n in range(5)]
+        writes = await metric(client, service, "pushsvc_stream_writes_total")
+        assert writes >= 6 and await metric(client, service, "pushsvc_stream_direct_writes_total") == writes
+
+
 # -- a peer that stops reading ------------------------------------------------------------
 
 STALLED = 50
