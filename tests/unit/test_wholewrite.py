@@ -1,0 +1,213 @@
+"""`send_whole` against the real Hypercorn (in this process, a real socket): the answer is
+byte for byte what Hypercorn's own two ``send`` calls give, in one write instead of two,
+and the connection goes on exactly as after Hypercorn's path -- recycled for the next
+request (also pipelined ones), closed at ``keep_alive_max_requests`` and when the client
+asked, one access-log line with the response; anything else (HEAD, 204, a ``send`` that is
+not Hypercorn's HTTP/1.1 stream, an unchecked Hypercorn version) is left to ``send``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from hypercorn.asyncio import serve
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.config import Config
+from hypercorn.events import RawData
+
+from pushsvc import wholewrite
+from pushsvc.wholewrite import send_whole
+from tests.support.procs import free_port
+
+BODY = b'{"events":[{"channel":"c","id":"e-1"}],"id":"e-1"}\n'
+HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BODY)),
+           (b"x-request-id", b"abc")]
+REQUEST = b"POST /publish HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n%s\r\n{}"
+TIMEOUT = 5.0
+
+
+class App:
+    """Answers every request with 202 and BODY: by `send_whole` (`whole`), else (or when it
+    declines) by the two ASGI messages.  Records what `send_whole` returned."""
+
+    def __init__(self, whole: bool, status: int = 202) -> None:
+        self.whole = whole
+        self.status = status
+        self.results: list[bool] = []
+        #: Whether Hypercorn's stream was closed (its end handled: the connection recycled or
+        #: closed) when the answer's last send returned -- Hypercorn's path does that at once.
+        self.ended: list[bool] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        body, headers = (BODY, list(HEADERS)) if self.status != 204 else (b"", [HEADERS[-1]])
+        if self.whole:
+            done = await send_whole(send, self.status, headers, body)
+            self.results.append(done)
+            if done:
+                self.ended.append(send.__self__.closed)
+                return
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        self.ended.append(send.__self__.closed)
+
+
+class Server:
+    def __init__(self, app: App, port: int, task: asyncio.Task[None], writes: list[bytes]) -> None:
+        self.app, self.port, self.task, self.writes = app, port, task, writes
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), TIMEOUT)
+
+
+@pytest.fixture
+async def start(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[..., Any]]:
+    """start(app, **config) -> a Hypercorn serving `app` on a free port; its socket writes
+    (each RawData Hypercorn writes) recorded in `writes`."""
+    stops: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+    writes: list[bytes] = []
+    protocol_send = TCPServer.protocol_send
+
+    async def recording(self: TCPServer, event: Any) -> None:
+        if isinstance(event, RawData) and event.data:
+            writes.append(bytes(event.data))
+        await protocol_send(self, event)
+
+    monkeypatch.setattr(TCPServer, "protocol_send", recording)
+
+    async def starter(app: App, **settings: Any) -> Server:
+        port = free_port()
+        config = Config()
+        config.bind = [f"127.0.0.1:{port}"]
+        config.include_date_header = False  # answers compared byte for byte
+        for key, value in settings.items():
+            setattr(config, key, value)
+        stop = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(serve(app, config, shutdown_trigger=stop.wait))
+        stops.append((stop, task))
+        server = Server(app, port, task, writes)
+        for _ in range(200):  # listening: a connection is accepted
+            try:
+                _, writer = await server.connect()
+            except OSError:
+                await asyncio.sleep(0.01)
+                continue
+            writer.close()
+            return server
+        raise AssertionError("hypercorn did not start")
+
+    yield starter
+    for stop, task in stops:
+        stop.set()
+        await asyncio.wait_for(task, TIMEOUT)
+
+
+async def answer(reader: asyncio.StreamReader) -> bytes:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    length = re.search(rb"(?i)\r\ncontent-length: (\d+)", head)
+    return head + (await asyncio.wait_for(reader.readexactly(int(length[1])), TIMEOUT) if length else b"")
+
+
+async def exchange(server: Server, requests: list[bytes], pipelined: bool = False,
+                   expect_close: bool = False) -> list[bytes]:
+    """Answers to `requests` on one connection (sent one by one, or all at once); with
+    `expect_close`, the server must then close the connection."""
+    reader, writer = await server.connect()
+    answers = []
+    if pipelined:
+        writer.write(b"".join(requests))
+    for request in requests:
+        if not pipelined:
+            writer.write(request)
+        answers.append(await answer(reader))
+    if expect_close:
+        assert await asyncio.wait_for(reader.read(1), TIMEOUT) == b""
+    writer.close()
+    return answers
+
+
+def request(extra: bytes = b"") -> bytes:
+    return REQUEST % extra
+
+
+async def test_the_answer_is_hypercorns_own_in_one_write_and_the_connection_is_kept_alive(start):
+    whole = await start(App(whole=True))
+    plain = await start(App(whole=False))
+    got = await exchange(whole, [request(), request(), request()])
+    assert whole.app.results == [True, True, True]
+    assert whole.app.ended == [True, True, True]
+    writes = len(whole.writes)
+    expected = await exchange(plain, [request(), request(), request()])
+    assert plain.app.ended == [True, True, True]
+    assert got == expected
+    assert got[0].startswith(b"HTTP/1.1 202 \r\n") and got[0].endswith(BODY)
+    assert writes == 3  # one per answer
+    assert len(whole.writes) - writes == 6  # Hypercorn's path: head and body apart
+
+
+async def test_pipelined_requests_are_answered_in_order(start):
+    server = await start(App(whole=True))
+    got = await exchange(server, [request(), request(b"x-n: 2\r\n"), request()], pipelined=True)
+    assert len(got) == 3 and all(a.endswith(BODY) for a in got)
+    assert server.app.results == [True, True, True]
+
+
+@pytest.mark.parametrize("whole", [True, False])
+async def test_the_connection_is_closed_at_keep_alive_max_requests(start, whole):
+    server = await start(App(whole=whole), keep_alive_max_requests=2)
+    got = await exchange(server, [request(), request()], expect_close=True)
+    assert b"connection: close" not in got[0].lower()
+    assert got[1].lower().count(b"connection: close") == 1
+
+
+@pytest.mark.parametrize("whole", [True, False])
+async def test_a_client_asking_to_close_gets_connection_close_and_the_end(start, whole):
+    server = await start(App(whole=whole))
+    got = await exchange(server, [request(b"connection: close\r\n")], expect_close=True)
+    assert b"connection: close" in got[0].lower() and got[0].endswith(BODY)
+
+
+async def test_hypercorns_access_log_has_one_line_with_the_response(start, caplog):
+    caplog.set_level(logging.INFO, logger="hypercorn.access")
+    server = await start(App(whole=True), accesslog=logging.getLogger("hypercorn.access"),
+                         access_log_format="%(m)s %(U)s %(s)s")
+    await exchange(server, [request(), request()])
+    lines = [r.getMessage() for r in caplog.records if r.name == "hypercorn.access"]
+    assert lines == ["POST /publish 202", "POST /publish 202"]
+
+
+async def test_head_and_bodyless_statuses_are_left_to_send(start):
+    head = await start(App(whole=True))
+    reader, writer = await head.connect()
+    writer.write(b"HEAD /publish HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)).startswith(b"HTTP/1.1 202")
+    writer.close()
+    no_content = await start(App(whole=True, status=204))
+    await exchange(no_content, [request()])
+    assert head.app.results == [False] and no_content.app.results == [False]
+
+
+async def test_any_other_send_is_left_alone():
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    assert await send_whole(send, 202, list(HEADERS), BODY) is False
+    assert sent == []
+
+
+async def test_an_unchecked_hypercorn_version_is_left_to_send(start, monkeypatch):
+    monkeypatch.setattr(wholewrite, "_checked", None)
+    monkeypatch.setattr(wholewrite, "_classes", None)
+    monkeypatch.setattr(wholewrite, "CHECKED_VERSIONS", frozenset({"0.0.1"}))
+    server = await start(App(whole=True))
+    got = await exchange(server, [request()])
+    assert got[0].endswith(BODY) and server.app.results == [False]
