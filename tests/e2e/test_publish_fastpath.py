@@ -289,8 +289,9 @@ async def test_a_client_gone_mid_body_gets_nothing_and_a_slow_body_gets_quarts_4
 
 async def test_a_body_already_queued_is_taken_without_waiting_and_a_partial_one_keeps_its_deadline(redis_server):
     """Hypercorn's ``receive`` is its queue's ``get``: a body that came with the headers is
-    taken at once (no deadline registered); the rest of a body whose first part is queued is
-    still read under the body deadline (408) and joined to that part."""
+    taken at once (no deadline registered), in one message or as a part and its end; the
+    rest of a body whose first part is queued is still read under the body deadline (408)
+    and joined to that part."""
     app = create_app(settings(redis_server.url))
     asgi_app(app)
     fast = app.asgi_app.app
@@ -309,14 +310,22 @@ async def test_a_body_already_queued_is_taken_without_waiting_and_a_partial_one_
         assert sent[0]["status"] == 202 and fast._deadlines is None  # no read waited
         assert whole.empty()
 
+        # As Hypercorn queues a body that came with its headers: the part, then its end.
+        parts: asyncio.Queue[Any] = asyncio.Queue()
+        parts.put_nowait({"type": "http.request", "body": body, "more_body": True})
+        parts.put_nowait({"type": "http.request", "body": b"", "more_body": False})
+        await asyncio.wait_for(fast(_scope(len(body)), parts.get, send), 10)
+        assert sent[2]["status"] == 202 and b'"id"' in sent[3]["body"]
+        assert fast._deadlines is None and parts.empty()
+
         split: asyncio.Queue[Any] = asyncio.Queue()
         split.put_nowait({"type": "http.request", "body": body[:10], "more_body": True})
         asyncio.get_running_loop().call_soon(
             split.put_nowait, {"type": "http.request", "body": body[10:], "more_body": False})
         await asyncio.wait_for(fast(_scope(len(body)), split.get, send), 10)
-        assert sent[2]["status"] == 202 and b'"id"' in sent[3]["body"]  # both parts, joined
+        assert sent[4]["status"] == 202 and b'"id"' in sent[5]["body"]  # both parts, joined
 
         stalled: asyncio.Queue[Any] = asyncio.Queue()
         stalled.put_nowait({"type": "http.request", "body": body[:10], "more_body": True})
         await asyncio.wait_for(fast(_scope(len(body)), stalled.get, send), 10)
-        assert sent[4]["status"] == 408
+        assert sent[6]["status"] == 408
