@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import types
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import h11
 import pytest
 from hypercorn.asyncio import serve
 from hypercorn.asyncio.tcp_server import TCPServer
@@ -137,12 +139,16 @@ def request(extra: bytes = b"") -> bytes:
     return REQUEST % extra
 
 
-async def test_the_answer_is_hypercorns_own_in_one_write_and_the_connection_is_kept_alive(start):
+async def test_the_answer_is_hypercorns_own_in_one_write_and_the_connection_is_kept_alive(start, monkeypatch):
+    formatted: list[bool] = []
+    formattable = wholewrite._formattable
+    monkeypatch.setattr(wholewrite, "_formattable", lambda *args: formatted.append(formattable(*args)) or formatted[-1])
     whole = await start(App(whole=True))
     plain = await start(App(whole=False))
     got = await exchange(whole, [request(), request(), request()])
     assert whole.app.results == [True, True, True]
     assert whole.app.ended == [True, True, True]
+    assert formatted == [True, True, True]  # h11's bytes formatted here (compared with h11's below)
     writes = len(whole.writes)
     expected = await exchange(plain, [request(), request(), request()])
     assert plain.app.ended == [True, True, True]
@@ -211,3 +217,87 @@ async def test_an_unchecked_hypercorn_version_is_left_to_send(start, monkeypatch
     server = await start(App(whole=True))
     got = await exchange(server, [request()])
     assert got[0].endswith(BODY) and server.app.results == [False]
+
+
+# -- h11: the answer formatted here against h11's own three sends ----------------------------
+
+
+def received(request_bytes: bytes) -> h11.Connection:
+    """A server-side h11 connection that has read one request to its end."""
+    connection = h11.Connection(h11.SERVER)
+    connection.receive_data(request_bytes)
+    while type(connection.next_event()) is not h11.EndOfMessage:
+        pass
+    return connection
+
+
+def h11_state(connection: h11.Connection) -> dict[str, Any]:
+    """Everything h11 keeps about the connection (readers and writers by type and fields)."""
+    state: dict[str, Any] = {}
+    for key, value in vars(connection).items():
+        if key == "_cstate":
+            state[key] = {k: (set(v) if isinstance(v, set) else dict(v) if isinstance(v, dict) else v)
+                          for k, v in vars(value).items()}
+        elif key == "_receive_buffer":
+            state[key] = bytes(value)
+        elif key in ("_reader", "_writer") and value is not None and not isinstance(value, types.FunctionType):
+            state[key] = (type(value), vars(value))
+        else:
+            state[key] = value
+    return state
+
+
+def by_h11(connection: h11.Connection, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    data = connection.send(h11.Response(status_code=status, headers=headers)) or b""
+    if body:
+        data += connection.send(h11.Data(data=body)) or b""
+    return data + (connection.send(h11.EndOfMessage()) or b"")
+
+
+def outcome(answer: Callable[[], bytes]) -> Any:
+    try:
+        return answer()
+    except h11.LocalProtocolError as error:
+        return ("refused", str(error))
+
+
+POST = b"POST /publish HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n%s\r\n{}"
+ANSWERS = {
+    "kept alive": (POST % b"", 202, HEADERS, BODY, True),
+    "pipelined": (POST % b"" + POST % b"x-n: 2\r\n", 202, HEADERS, BODY, True),
+    "empty body": (POST % b"", 200, [(b"content-length", b"0")], b"", True),
+    "expect 100-continue, body read": (POST % b"expect: 100-continue\r\n", 202, HEADERS, BODY, True),
+    "client closes": (POST % b"connection: close\r\n", 202, HEADERS, BODY, False),
+    "HTTP/1.0": (b"POST /publish HTTP/1.0\r\ncontent-length: 2\r\n\r\n{}", 202, HEADERS, BODY, False),
+    "answer closes": (POST % b"", 202, [*HEADERS, (b"connection", b"close")], BODY, False),
+    "chunked answer": (POST % b"", 202, HEADERS[:1], BODY, False),
+    "length differs": (POST % b"", 202, [(b"content-length", b"3")], BODY, False),
+    "two lengths": (POST % b"", 202, [*HEADERS, (b"content-length", b"%d" % len(BODY))], BODY, False),
+    "header injection": (POST % b"", 202, [*HEADERS, (b"x-a", b"1\r\nx-b: 2")], BODY, False),
+    "bad header name": (POST % b"", 202, [*HEADERS, (b"x a", b"1")], BODY, False),
+    "no content": (POST % b"", 204, [], b"", False),
+    "not modified, with a body": (POST % b"", 304, HEADERS, BODY, False),
+    "HEAD": (b"HEAD /publish HTTP/1.1\r\nhost: x\r\n\r\n", 202, HEADERS, BODY, False),
+}
+
+
+@pytest.mark.parametrize("name", list(ANSWERS))
+def test_the_answer_formatted_here_is_h11s_bytes_and_state(name):
+    request_bytes, status, headers, body, formatted = ANSWERS[name]
+    mine, theirs = received(request_bytes), received(request_bytes)
+    assert h11_state(mine) == h11_state(theirs)
+    assert wholewrite._formattable(mine, status, headers, body) is formatted
+    assert outcome(lambda: wholewrite._h11_answer(mine, status, list(headers), body)) == outcome(
+        lambda: by_h11(theirs, status, list(headers), body))
+    assert h11_state(mine) == h11_state(theirs)
+    if mine.our_state is h11.DONE and mine.their_state is h11.DONE:  # the next request, pipelined
+        mine.start_next_cycle(), theirs.start_next_cycle()
+        assert type(mine.next_event()) is type(theirs.next_event())
+        assert h11_state(mine) == h11_state(theirs)
+
+
+def test_an_unchecked_h11_version_always_takes_h11s_sends(monkeypatch):
+    monkeypatch.setattr(wholewrite, "_h11_checked", None)
+    monkeypatch.setattr(wholewrite, "_h11_pieces", None)
+    monkeypatch.setattr(wholewrite, "CHECKED_H11_VERSIONS", frozenset({"0.0.1"}))
+    assert wholewrite._formattable(received(POST % b""), 202, HEADERS, BODY) is False
