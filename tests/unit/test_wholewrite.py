@@ -8,6 +8,7 @@ not Hypercorn's HTTP/1.1 stream, an unchecked Hypercorn version) is left to ``se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import types
@@ -16,14 +17,10 @@ from typing import Any
 
 import h11
 import pytest
-from hypercorn.asyncio import serve
-from hypercorn.asyncio.tcp_server import TCPServer
-from hypercorn.config import Config
-from hypercorn.events import RawData
 
 from pushsvc import wholewrite
 from pushsvc.wholewrite import send_whole
-from tests.support.procs import free_port
+from tests.support.inprocess import Served, record_writes, serving
 
 BODY = b'{"events":[{"channel":"c","id":"e-1"}],"id":"e-1"}\n'
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BODY)),
@@ -62,53 +59,26 @@ class App:
 
 
 class Server:
-    def __init__(self, app: App, port: int, task: asyncio.Task[None], writes: list[bytes]) -> None:
-        self.app, self.port, self.task, self.writes = app, port, task, writes
+    def __init__(self, app: App, served: Served, writes: list[bytes]) -> None:
+        self.app, self.served, self.writes = app, served, writes
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), TIMEOUT)
+        return await self.served.connect()
 
 
 @pytest.fixture
 async def start(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[..., Any]]:
-    """start(app, **config) -> a Hypercorn serving `app` on a free port; its socket writes
-    (each RawData Hypercorn writes) recorded in `writes`."""
-    stops: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
-    writes: list[bytes] = []
-    protocol_send = TCPServer.protocol_send
+    """start(app, **config) -> a Hypercorn serving `app` in this process; its socket writes
+    recorded in `writes` (shared by the servers of one test)."""
+    writes = record_writes(monkeypatch)
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def recording(self: TCPServer, event: Any) -> None:
-        if isinstance(event, RawData) and event.data:
-            writes.append(bytes(event.data))
-        await protocol_send(self, event)
+        async def starter(app: App, **settings: Any) -> Server:
+            # answers compared byte for byte: no date
+            served = await stack.enter_async_context(serving(app, include_date_header=False, **settings))
+            return Server(app, served, writes)
 
-    monkeypatch.setattr(TCPServer, "protocol_send", recording)
-
-    async def starter(app: App, **settings: Any) -> Server:
-        port = free_port()
-        config = Config()
-        config.bind = [f"127.0.0.1:{port}"]
-        config.include_date_header = False  # answers compared byte for byte
-        for key, value in settings.items():
-            setattr(config, key, value)
-        stop = asyncio.Event()
-        task = asyncio.get_running_loop().create_task(serve(app, config, shutdown_trigger=stop.wait))
-        stops.append((stop, task))
-        server = Server(app, port, task, writes)
-        for _ in range(200):  # listening: a connection is accepted
-            try:
-                _, writer = await server.connect()
-            except OSError:
-                await asyncio.sleep(0.01)
-                continue
-            writer.close()
-            return server
-        raise AssertionError("hypercorn did not start")
-
-    yield starter
-    for stop, task in stops:
-        stop.set()
-        await asyncio.wait_for(task, TIMEOUT)
+        yield starter
 
 
 async def answer(reader: asyncio.StreamReader) -> bytes:
