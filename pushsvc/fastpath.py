@@ -46,6 +46,7 @@ from .core.streams import PumpedBody, new_session, pump, requested_channels, str
 from .errors import from_http_exception
 from .runtime import Runtime
 from .session import StreamSession
+from .wholewrite import send_whole
 
 _HEADERS = stream_headers_raw()
 _JSON_TYPE = JSON_TYPE.encode()
@@ -81,15 +82,27 @@ async def _until_disconnect(receive: Receive) -> None:
         pass
 
 
-def _queued(receive: Receive) -> Message | None:
-    """The next ASGI message if it is already waiting, taken; else None (nothing taken).
-    Hypercorn's ``receive`` is its queue's ``get``, and a request's body that came with its
-    headers is queued before the app runs: taking it needs no task step and no deadline."""
+def _queued(receive: Receive) -> list[Message]:
+    """The ASGI messages already waiting, taken, up to the one that ends the body (or a
+    disconnect); [] when nothing waits.  Hypercorn's ``receive`` is its queue's ``get``, and
+    a request body that came with its headers is queued before the app runs (as a part and
+    then the end of the body, ``more_body=False`` with nothing in it): taking it needs no
+    task step and no deadline."""
     queue = getattr(receive, "__self__", None)
-    if type(queue) is asyncio.Queue and not queue.empty():
-        message: Message = queue.get_nowait()
-        return message
-    return None
+    taken: list[Message] = []
+    if type(queue) is asyncio.Queue:
+        while not queue.empty():
+            message: Message = queue.get_nowait()
+            taken.append(message)
+            if _ends_body(message):
+                break
+    return taken
+
+
+def _ends_body(message: Message) -> bool:
+    """Whether no ``http.request`` message follows `message` (the last part, or a disconnect)."""
+    kind = message["type"]
+    return kind == "http.disconnect" or (kind == "http.request" and not message.get("more_body", False))
 
 
 class _Disconnected(Exception):
@@ -224,14 +237,16 @@ class FastPath:
         authorization, content_type, idempotency_key = plain
 
         async def read_body() -> bytes:
-            first = _queued(receive)
-            if first is not None and first["type"] == "http.request" and not first.get("more_body", False):
-                return self._whole(first)  # it came with the headers: nothing to wait for
+            taken = _queued(receive)
+            if taken and _ends_body(taken[-1]):  # it came with the headers: nothing to wait for
+                if len(taken) == 1 and taken[0]["type"] == "http.request":
+                    return self._whole(taken[0])
+                return await self._read_body(receive, taken)  # (returns without waiting)
             if self.body_timeout is None:
-                return await self._read_body(receive, first)
+                return await self._read_body(receive, taken)
             if self._deadlines is None or self._deadlines.seconds != self.body_timeout:
                 self._deadlines = _BodyDeadlines(self.body_timeout)
-            return await self._deadlines.read(lambda: self._read_body(receive, first))
+            return await self._deadlines.read(lambda: self._read_body(receive, taken))
 
         try:
             result, status, headers = await publish_request(
@@ -259,6 +274,8 @@ class FastPath:
                 start += [(key.lower().encode(), value.encode()) for key, value in headers.items()]
             start.append((b"x-request-id", request_id.encode("latin-1")))
             scope[STATUS_KEY] = status
+            if await send_whole(raw_send, status, start, body):  # one write (Hypercorn, HTTP/1.1)
+                return
             await raw_send({"type": "http.response.start", "status": status, "headers": start})
             await raw_send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -280,14 +297,17 @@ class FastPath:
             raise RequestEntityTooLarge()
         return bytes(chunk)
 
-    async def _read_body(self, receive: Receive, first: Message | None = None) -> bytes:
-        """The request body: every ``http.request`` message (`first`: one already taken)
-        until ``more_body`` is false (h11 and h2 hold it to the Content-Length);
+    async def _read_body(self, receive: Receive, taken: list[Message]) -> bytes:
+        """The request body: every ``http.request`` message (`taken`: those already taken,
+        in order) until ``more_body`` is false (h11 and h2 hold it to the Content-Length);
         _Disconnected if the client goes away first; 413 past the limit, as Quart."""
         chunks: list[bytes] = []
         size = 0
+        queued = iter(taken)
         while True:
-            message, first = (first, None) if first is not None else (await receive(), None)
+            message = next(queued, None)
+            if message is None:
+                message = await receive()
             if message["type"] != "http.request":
                 if message["type"] == "http.disconnect":
                     raise _Disconnected

@@ -24,6 +24,7 @@ from pushsvc.fastpath import FastPath
 from pushsvc.server import asgi_app
 from tests.support import jwts
 from tests.support.helpers import TOKEN
+from tests.support.inprocess import record_writes, serving
 from tests.support.procs import RedisServer, Service, free_port
 
 pytestmark = pytest.mark.e2e
@@ -289,8 +290,9 @@ async def test_a_client_gone_mid_body_gets_nothing_and_a_slow_body_gets_quarts_4
 
 async def test_a_body_already_queued_is_taken_without_waiting_and_a_partial_one_keeps_its_deadline(redis_server):
     """Hypercorn's ``receive`` is its queue's ``get``: a body that came with the headers is
-    taken at once (no deadline registered); the rest of a body whose first part is queued is
-    still read under the body deadline (408) and joined to that part."""
+    taken at once (no deadline registered), in one message or as a part and its end; the
+    rest of a body whose first part is queued is still read under the body deadline (408)
+    and joined to that part."""
     app = create_app(settings(redis_server.url))
     asgi_app(app)
     fast = app.asgi_app.app
@@ -309,14 +311,45 @@ async def test_a_body_already_queued_is_taken_without_waiting_and_a_partial_one_
         assert sent[0]["status"] == 202 and fast._deadlines is None  # no read waited
         assert whole.empty()
 
+        # As Hypercorn queues a body that came with its headers: the part, then its end.
+        parts: asyncio.Queue[Any] = asyncio.Queue()
+        parts.put_nowait({"type": "http.request", "body": body, "more_body": True})
+        parts.put_nowait({"type": "http.request", "body": b"", "more_body": False})
+        await asyncio.wait_for(fast(_scope(len(body)), parts.get, send), 10)
+        assert sent[2]["status"] == 202 and b'"id"' in sent[3]["body"]
+        assert fast._deadlines is None and parts.empty()
+
         split: asyncio.Queue[Any] = asyncio.Queue()
         split.put_nowait({"type": "http.request", "body": body[:10], "more_body": True})
         asyncio.get_running_loop().call_soon(
             split.put_nowait, {"type": "http.request", "body": body[10:], "more_body": False})
         await asyncio.wait_for(fast(_scope(len(body)), split.get, send), 10)
-        assert sent[2]["status"] == 202 and b'"id"' in sent[3]["body"]  # both parts, joined
+        assert sent[4]["status"] == 202 and b'"id"' in sent[5]["body"]  # both parts, joined
 
         stalled: asyncio.Queue[Any] = asyncio.Queue()
         stalled.put_nowait({"type": "http.request", "body": body[:10], "more_body": True})
         await asyncio.wait_for(fast(_scope(len(body)), stalled.get, send), 10)
-        assert sent[4]["status"] == 408
+        assert sent[6]["status"] == 408
+
+
+async def test_a_plain_publish_is_answered_in_one_write_under_hypercorn(redis_server, monkeypatch):
+    """The app as `pushsvc serve` serves it, under the real Hypercorn: the 202 of a plain
+    publish leaves in one write (`pushsvc.wholewrite`), the connection serves the next
+    request; a request Quart answers (Origin) is written in pieces as before."""
+    writes = record_writes(monkeypatch)
+    app = create_app(settings(redis_server.url))
+    body = b'{"channel": "one-write", "data": 1}'
+    head = (b"POST /publish HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"authorization: Bearer %s\r\ncontent-length: %d\r\n" % (TOKEN.encode(), len(body)))
+    async with serving(asgi_app(app)) as served:
+        reader, writer = await served.connect()
+        for extra in (b"", b"", b"origin: https://example.test\r\n"):
+            before = len(writes)
+            writer.write(head + extra + b"\r\n" + body)
+            answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = int(re.search(rb"content-length: (\d+)", answer)[1])
+            answer += await asyncio.wait_for(reader.readexactly(length), 10)
+            assert answer.startswith(b"HTTP/1.1 202 ") and b"x-request-id: " in answer
+            assert b"".join(writes[before:]) == answer
+            assert len(writes) - before == (1 if not extra else 2)
+        writer.close()
