@@ -14,11 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from pushsvc.directwrite import DirectWriter
-from tests.support.procs import free_port
+from tests.support.inprocess import serving
 
 App = Callable[[Any, Any, Any], Awaitable[None]]
 START = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
@@ -27,33 +25,14 @@ END = {"type": "http.response.body", "body": b"", "more_body": False}
 
 @contextlib.asynccontextmanager
 async def hypercorn(app: App) -> AsyncIterator[int]:
-    port = free_port()
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    config.errorlog = None
-    stop = asyncio.Event()
+    """`app` served by the real Hypercorn in this process (`tests.support.inprocess`): its port."""
 
     async def http_only(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":  # no lifespan: Hypercorn goes on without it
             await app(scope, receive, send)
 
-    task = asyncio.create_task(serve(http_only, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-    try:
-        async with asyncio.timeout(10):
-            while True:
-                try:
-                    _, writer = await asyncio.open_connection("127.0.0.1", port)
-                except OSError:
-                    await asyncio.sleep(0.01)
-                else:
-                    writer.close()
-                    break
-        yield port
-    finally:
-        stop.set()
-        async with asyncio.timeout(10):
-            await task
+    async with serving(http_only, accesslog=None, errorlog=None) as served:
+        yield served.port
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
