@@ -127,6 +127,30 @@ def _check_drain() -> None:
         raise RuntimeError(f"redis-py's hiredis parser changed: draining it gave {got!r} then {rest!r}")
 
 
+def _raise_swallowed_cancel(task: asyncio.Task[Any] | None, before: int) -> None:
+    """Raise the cancellation requested of `task` since it counted `before` cancels
+    (`Task.cancelling`), if an await of redis-py's swallowed it (see `connect`)."""
+    if task is not None and task.cancelling() > before:
+        raise asyncio.CancelledError
+
+
+async def connect(conn: Connection) -> None:
+    """``conn.connect()``, raising a cancellation requested meanwhile.  redis-py's awaits
+    (connect, its handshake, ``send_command``, ``read_response``) swallow a cancel that
+    arrives at some of their steps (the class of redis/redis-py#2551): measured on redis-py
+    8.1, a task cancelled k loop steps into ``connect()`` returned normally for about half
+    of k in 6..30.  A pub/sub supervisor asked to stop would then run on to its next PING
+    deadline, or for ever -- and a shutdown waiting for it with it.  So a cancel counted on
+    the task meanwhile closes the connection and is raised here (and in `RawConnection`'s
+    ``send`` and ``read``)."""
+    task = asyncio.current_task()
+    before = task.cancelling() if task is not None else 0
+    await conn.connect()  # type: ignore[no-untyped-call]
+    if task is not None and task.cancelling() > before:
+        await conn.disconnect(nowait=True)
+        raise asyncio.CancelledError
+
+
 class RawConnection:
     """One RESP2 connection used in subscribed mode."""
 
@@ -138,17 +162,24 @@ class RawConnection:
         self._error: BaseException | None = None  # met while draining, raised by the next read
 
     async def connect(self) -> None:
-        await self._conn.connect()  # type: ignore[no-untyped-call]
+        await connect(self._conn)
 
     async def send(self, *args: str) -> None:
+        task = asyncio.current_task()
+        before = task.cancelling() if task is not None else 0
         await self._conn.send_command(*args)
+        _raise_swallowed_cancel(task, before)
 
     async def read(self) -> Any:
         """The next reply or push; a server error reply is returned (not raised)."""
+        task = asyncio.current_task()
+        before = task.cancelling() if task is not None else 0
         try:
-            return await self._conn.read_response(timeout=math.inf, disconnect_on_error=False)
+            reply = await self._conn.read_response(timeout=math.inf, disconnect_on_error=False)
         except ResponseError as exc:
-            return exc
+            reply = exc
+        _raise_swallowed_cancel(task, before)
+        return reply
 
     async def read_many(self) -> list[Any]:
         """The next reply, then every reply the parser already holds after it (one await per

@@ -56,7 +56,7 @@ from . import (
 )
 from .batcher import Batcher
 from .counting import SubscriberCounter
-from .pubsub import UNAVAILABLE, PubSubLoop, message_handler, text
+from .pubsub import UNAVAILABLE, PubSubLoop, connect, message_handler, text
 from .scripts import (
     PUBLISH_LUA,
     Call,
@@ -115,7 +115,7 @@ class ScriptPipelines:
             conn: Connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
             try:
                 async with asyncio.timeout(timeout):
-                    await conn.connect()  # type: ignore[no-untyped-call]
+                    await connect(conn)
             except _UNAVAILABLE:
                 await conn.disconnect(nowait=True)
             self._idle.append(conn)
@@ -127,7 +127,7 @@ class ScriptPipelines:
         try:
             async with asyncio.timeout(budget):
                 if not conn.is_connected:
-                    await conn.connect()  # failing here stores nothing
+                    await connect(conn)  # failing here stores nothing
                 sent = True
                 return await self._exchange(conn, calls)
         except _UNAVAILABLE as exc:
@@ -149,7 +149,7 @@ class ScriptPipelines:
         while pending:
             try:
                 if not conn.is_connected:
-                    await conn.connect()  # type: ignore[no-untyped-call]
+                    await connect(conn)
                 got = await _round_trip(conn, pack_evalsha(self._sha, [calls[i] for i in pending]), len(pending))
             except RedisConnectionError:
                 if not reconnects:
