@@ -15,8 +15,8 @@ Hypercorn's own path would write them at once too:
 
 * the response is HTTP/1.1 through Hypercorn's asyncio ``TCPServer`` and ``H11Protocol``
   (checked by type, once per stream; HTTP/2, HTTP/1.0, a body with a length, another
-  server, a Hypercorn whose objects look different: `DirectWriter.of` returns None and the
-  stream uses ``send`` as before);
+  server, a Hypercorn or h11 version not in `CHECKED_VERSIONS`: `DirectWriter.of` returns
+  None and the stream uses ``send`` as before);
 * h11 is in SEND_BODY with its chunked writer (checked once per stream, after the
   response started);
 * per write: nothing else is writing (Hypercorn's send lock is free), the transport is
@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import h11
@@ -41,23 +42,43 @@ import h11
 __all__ = ["DirectWriter"]
 
 
+#: Hypercorn and h11 versions whose per-chunk path (protocol/http_stream.py, protocol/h11.py,
+#: asyncio/tcp_server.py; h11's _connection.py and _writers.py) was read for this: a newer
+#: one may add per-chunk work a direct write would skip, so it gets Hypercorn's path until
+#: read and added here (as `pushsvc.wholewrite`'s lists).
+CHECKED_VERSIONS = frozenset({"0.18.0"})
+CHECKED_H11_VERSIONS = frozenset({"0.16.0"})
+
 _classes: tuple[Any, Any, Any, Any, Any] | None = None
+_checked: bool | None = None
+
+
+def _versions_checked() -> bool:
+    try:
+        return version("hypercorn") in CHECKED_VERSIONS and version("h11") in CHECKED_H11_VERSIONS
+    except PackageNotFoundError:  # pragma: no cover - pushsvc depends on both
+        return False
 
 
 def _hypercorn() -> tuple[Any, Any, Any, Any, Any] | None:
     """Hypercorn's classes this module checks against, if Hypercorn is loaded (the core
-    imports no web framework: a ``send`` can only be Hypercorn's once Hypercorn runs)."""
-    global _classes
-    if _classes is not None:
+    imports no web framework: a ``send`` can only be Hypercorn's once Hypercorn runs) and
+    is a version that was read (`CHECKED_VERSIONS`)."""
+    global _classes, _checked
+    if _classes is not None or _checked is False:
         return _classes
     if "hypercorn.asyncio.tcp_server" not in sys.modules:
+        return None
+    _checked = _versions_checked()
+    if not _checked:
         return None
     try:
         from h11._writers import ChunkedWriter
         from hypercorn.asyncio.tcp_server import TCPServer
         from hypercorn.protocol.h11 import H11Protocol
         from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
-    except ImportError:  # pragma: no cover - another version: always Hypercorn's own path
+    except ImportError:  # pragma: no cover - a checked version has them all
+        _checked = False
         return None
     _classes = (HTTPStream, ASGIHTTPState.RESPONSE, H11Protocol, ChunkedWriter, TCPServer)
     return _classes

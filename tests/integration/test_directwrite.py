@@ -187,3 +187,30 @@ async def test_a_send_that_is_not_hypercorns_own_or_a_response_not_started_gets_
         finally:
             writer.close()
     assert seen == [None, None]
+
+
+@pytest.mark.parametrize("package", ["hypercorn", "h11"])
+async def test_a_hypercorn_or_h11_version_not_read_gets_hypercorns_own_path(monkeypatch, package):
+    """A newer Hypercorn or h11 may do per-chunk work a direct write would skip: only the
+    versions read (`CHECKED_VERSIONS`) are written to directly."""
+    import pushsvc.directwrite as directwrite
+
+    real_version = directwrite.version
+    monkeypatch.setattr(directwrite, "version", lambda name: "99.0" if name == package else real_version(name))
+    monkeypatch.setattr(directwrite, "_classes", None)
+    monkeypatch.setattr(directwrite, "_checked", None)
+    seen: list[DirectWriter | None] = []
+
+    async def app(scope, receive, send):
+        await send(START)
+        seen.append(DirectWriter.of(send))
+        await send(END)
+
+    async with hypercorn(app) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await read_response(reader)
+        finally:
+            writer.close()
+    assert seen == [None]
