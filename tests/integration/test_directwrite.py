@@ -43,6 +43,18 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, body
 
 
+async def get_once(app: App) -> bytes:
+    """`app` served, one ``GET /`` on a fresh connection: the raw chunked body."""
+    async with hypercorn(app) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            _, body = await read_response(reader)
+        finally:
+            writer.close()
+    return body
+
+
 def unchunk(raw: bytes) -> list[bytes]:
     chunks = []
     while True:
@@ -129,14 +141,7 @@ async def test_while_another_write_holds_the_send_lock_the_writer_steps_aside():
         assert writer.write(b"data: free\n\n")
         await send(END)
 
-    async with hypercorn(app) as port:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            _, body = await read_response(reader)
-        finally:
-            writer.close()
-    assert unchunk(body) == [b"data: free\n\n"]
+    assert unchunk(await get_once(app)) == [b"data: free\n\n"]
 
 
 @pytest.mark.parametrize("request_line", [b"GET / HTTP/1.0\r\n", b"HEAD / HTTP/1.1\r\nHost: x\r\n"])
@@ -179,13 +184,7 @@ async def test_a_send_that_is_not_hypercorns_own_or_a_response_not_started_gets_
         seen.append(DirectWriter.of(wrapped))
         await send(END)
 
-    async with hypercorn(app) as port:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            await read_response(reader)
-        finally:
-            writer.close()
+    await get_once(app)
     assert seen == [None, None]
 
 
@@ -206,11 +205,5 @@ async def test_a_hypercorn_or_h11_version_not_read_gets_hypercorns_own_path(monk
         seen.append(DirectWriter.of(send))
         await send(END)
 
-    async with hypercorn(app) as port:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            await read_response(reader)
-        finally:
-            writer.close()
+    await get_once(app)
     assert seen == [None]
