@@ -43,10 +43,7 @@ def frame_name(frame: str) -> str:
 
 
 BUCKETS = [
-    # Hypercorn's path writes through StreamWriter.write; pushsvc.directwrite calls the
-    # transport itself (its chunk framing, one bytes format, counts here too).
-    ("socket write (transport.write: the send system call)",
-     lambda fs: fs[-1].startswith(("StreamWriter.write", "DirectWriter.write"))),
+    ("socket write (transport.write: the send system call)", lambda fs: fs[-1].startswith("StreamWriter.write")),
     ("Hypercorn + h11 per-chunk path around it", lambda fs: any(f.startswith("HTTPStream.app_send") for f in fs)),
     ("pushsvc stream: cursor, queue, session, pump", lambda fs: any(f.startswith("pump (pushsvc") for f in fs)
      or any(f.startswith(("Hub._flush_due", "Hub.cool")) for f in fs)),

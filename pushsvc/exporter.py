@@ -59,8 +59,6 @@ COUNTER_HELP = {
     "events_replayed": "Events replayed from history on resume or after a gap.",
     "stream_writes": "Stream body chunks handed to the server (deliveries per write: the coalescing "
                      "of PUSHSVC_WRITE_DELAY_MS and of queues under load).",
-    "stream_direct_writes": "Of those, written straight to the connection's transport (HTTP/1.1, peer keeping "
-                            "up); the others went through Hypercorn's send.",
     "resets_sent": "pushsvc.reset events sent (id too old, history lost, unreadable id).",
     "invalid_messages": "Broker messages dropped because they could not be parsed.",
     "slow_consumer_disconnects": "Streams ended because their queue overflowed.",

@@ -46,7 +46,6 @@ from .core.streams import PumpedBody, new_session, pump, requested_channels, str
 from .errors import from_http_exception
 from .runtime import Runtime
 from .session import StreamSession
-from .wholewrite import send_whole
 
 _HEADERS = stream_headers_raw()
 _JSON_TYPE = JSON_TYPE.encode()
@@ -274,8 +273,6 @@ class FastPath:
                 start += [(key.lower().encode(), value.encode()) for key, value in headers.items()]
             start.append((b"x-request-id", request_id.encode("latin-1")))
             scope[STATUS_KEY] = status
-            if await send_whole(raw_send, status, start, body):  # one write (Hypercorn, HTTP/1.1)
-                return
             await raw_send({"type": "http.response.start", "status": status, "headers": start})
             await raw_send({"type": "http.response.body", "body": body, "more_body": False})
 

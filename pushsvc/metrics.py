@@ -38,7 +38,6 @@ class Metrics:
     events_delivered: int = 0
     events_replayed: int = 0
     stream_writes: int = 0  # body chunks handed to the server (one transport write each)
-    stream_direct_writes: int = 0  # of those, written straight to the transport (pushsvc.directwrite)
     resets_sent: int = 0
     invalid_messages: int = 0
     slow_consumer_disconnects: int = 0

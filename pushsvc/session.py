@@ -29,7 +29,6 @@ from typing import Any
 from . import sse
 from .broker import BrokerUnavailable, History
 from .cursor import RESET_EVENT, TOKEN_EXPIRED_EVENT, Cursor, End, ReadHistory, jittered
-from .directwrite import DirectWriter
 from .hub import TAKE_MAX_BYTES, Hub, StreamQueue
 from .metrics import Metrics
 from .resume import Position
@@ -86,7 +85,7 @@ class StreamSession:
     and `stop` (see `pushsvc.core.streams.pump`).  `end_reason` says why it ended, for the
     access log."""
 
-    __slots__ = ("counted", "cursor", "end_reason", "hub", "metrics", "send", "subscriber", "writer")
+    __slots__ = ("counted", "cursor", "end_reason", "hub", "metrics", "send", "subscriber")
 
     def __init__(
         self,
@@ -109,8 +108,6 @@ class StreamSession:
         self.subscriber = StreamQueue(channels, queue_size, queue_bytes, expires_at)
         # The server's ASGI ``send``, set by the pump with a write delay (see `write_now`).
         self.send: Callable[[MutableMapping[str, Any]], Awaitable[None]] | None = None
-        # The transport under it, while the pump runs, if chunks can go there directly.
-        self.writer: DirectWriter | None = None
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -195,13 +192,9 @@ class StreamSession:
             chunk = self._live_chunk() if sub.items else None
         if chunk is None:
             return False
+        sub.writing_since = now
         self.hub.cool(sub, now)
         self.metrics.stream_writes += 1
-        writer = self.writer
-        if writer is not None and writer.write(chunk):
-            self.metrics.stream_direct_writes += 1
-            return True
-        sub.writing_since = now
         assert self.send is not None
         coro = self.send({"type": "http.response.body", "body": chunk, "more_body": True}).__await__()
         try:

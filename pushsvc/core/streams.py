@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote
 
 from .. import sse
-from ..directwrite import DirectWriter
 from ..events import DEFAULT_CHANNEL, EventError, check_channel
 from ..resume import parse_stream_id
 from ..session import StreamSession, jittered
@@ -120,8 +119,6 @@ async def pump(session: StreamSession, send: Send) -> None:
     hub = session.hub
     metrics = session.metrics
     delay = hub.write_delay  # 0: every chunk written at once
-    # The response has started: its body chunks go straight to the transport when they can.
-    direct = session.writer = DirectWriter.of(send)
     session.start()
     try:
         chunk: bytes | None
@@ -135,10 +132,7 @@ async def pump(session: StreamSession, send: Send) -> None:
                 if delay and not done:
                     hub.cool(sub, started)
                 metrics.stream_writes += 1
-                if direct is not None and direct.write(chunk):
-                    metrics.stream_direct_writes += 1
-                else:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 sub.writing_since = 0.0
             if done:
                 return
@@ -150,7 +144,6 @@ async def pump(session: StreamSession, send: Send) -> None:
                 sub.writing_since = 0.0
     finally:
         sub.direct = None
-        session.writer = None
         handoff = sub.handoff
         if handoff is not None:
             sub.handoff = None

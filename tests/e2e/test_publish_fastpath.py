@@ -24,7 +24,6 @@ from pushsvc.fastpath import FastPath
 from pushsvc.server import asgi_app
 from tests.support import jwts
 from tests.support.helpers import TOKEN
-from tests.support.inprocess import record_writes, serving
 from tests.support.procs import RedisServer, Service, free_port
 
 pytestmark = pytest.mark.e2e
@@ -330,26 +329,3 @@ async def test_a_body_already_queued_is_taken_without_waiting_and_a_partial_one_
         stalled.put_nowait({"type": "http.request", "body": body[:10], "more_body": True})
         await asyncio.wait_for(fast(_scope(len(body)), stalled.get, send), 10)
         assert sent[6]["status"] == 408
-
-
-async def test_a_plain_publish_is_answered_in_one_write_under_hypercorn(redis_server, monkeypatch):
-    """The app as `pushsvc serve` serves it, under the real Hypercorn: the 202 of a plain
-    publish leaves in one write (`pushsvc.wholewrite`), the connection serves the next
-    request; a request Quart answers (Origin) is written in pieces as before."""
-    writes = record_writes(monkeypatch)
-    app = create_app(settings(redis_server.url))
-    body = b'{"channel": "one-write", "data": 1}'
-    head = (b"POST /publish HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-            b"authorization: Bearer %s\r\ncontent-length: %d\r\n" % (TOKEN.encode(), len(body)))
-    async with serving(asgi_app(app)) as served:
-        reader, writer = await served.connect()
-        for extra in (b"", b"", b"origin: https://example.test\r\n"):
-            before = len(writes)
-            writer.write(head + extra + b"\r\n" + body)
-            answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            length = int(re.search(rb"content-length: (\d+)", answer)[1])
-            answer += await asyncio.wait_for(reader.readexactly(length), 10)
-            assert answer.startswith(b"HTTP/1.1 202 ") and b"x-request-id: " in answer
-            assert b"".join(writes[before:]) == answer
-            assert len(writes) - before == (1 if not extra else 2)
-        writer.close()

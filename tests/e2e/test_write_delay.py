@@ -137,10 +137,7 @@ async def test_a_burst_arrives_exactly_once_in_order_in_far_fewer_writes_within_
     assert statistics.median(latencies) <= delay + 0.1, statistics.median(latencies)
     assert max(latencies) <= delay + 1.0, max(latencies)  # generous: a shared, noisy machine
     assert await metric(http, service, "pushsvc_events_delivered_total") == COUNT
-    stream_writes = await metric(http, service, "pushsvc_stream_writes_total")
-    assert stream_writes <= COUNT // 3 + opening_chunks
-    # HTTP/1.1 and a client that keeps up: every write went straight to the transport.
-    assert await metric(http, service, "pushsvc_stream_direct_writes_total") == stream_writes
+    assert await metric(http, service, "pushsvc_stream_writes_total") <= COUNT // 3 + opening_chunks
 
 
 async def test_many_streams_of_one_channel_each_get_every_event_once_in_order(service_factory, redis_url, http):
@@ -197,7 +194,6 @@ async def test_over_http2_a_burst_arrives_exactly_once_in_order_in_far_fewer_dat
     latencies = [arrived - sent[i] for i, arrived in enumerate(client.arrivals)]
     assert statistics.median(latencies) <= 0.05 + 0.1, statistics.median(latencies)
     assert await metric(http, service, "pushsvc_stream_writes_total") <= COUNT // 3 + opening_chunks
-    assert await metric(http, service, "pushsvc_stream_direct_writes_total") == 0  # h2: Hypercorn's frames
 
 
 @pytest.mark.parametrize("door", DOORS)
