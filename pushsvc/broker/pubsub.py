@@ -127,9 +127,15 @@ def _check_drain() -> None:
         raise RuntimeError(f"redis-py's hiredis parser changed: draining it gave {got!r} then {rest!r}")
 
 
+def _cancels() -> tuple[asyncio.Task[Any] | None, int]:
+    """The current task and the cancels requested of it so far (`Task.cancelling`)."""
+    task = asyncio.current_task()
+    return task, (task.cancelling() if task is not None else 0)
+
+
 def _raise_swallowed_cancel(task: asyncio.Task[Any] | None, before: int) -> None:
-    """Raise the cancellation requested of `task` since it counted `before` cancels
-    (`Task.cancelling`), if an await of redis-py's swallowed it (see `connect`)."""
+    """Raise the cancellation requested of `task` since it counted `before` cancels, if an
+    await of redis-py's swallowed it (see `connect`)."""
     if task is not None and task.cancelling() > before:
         raise asyncio.CancelledError
 
@@ -143,12 +149,13 @@ async def connect(conn: Connection) -> None:
     deadline, or for ever -- and a shutdown waiting for it with it.  So a cancel counted on
     the task meanwhile closes the connection and is raised here (and in `RawConnection`'s
     ``send`` and ``read``)."""
-    task = asyncio.current_task()
-    before = task.cancelling() if task is not None else 0
+    task, before = _cancels()
     await conn.connect()  # type: ignore[no-untyped-call]
-    if task is not None and task.cancelling() > before:
+    try:
+        _raise_swallowed_cancel(task, before)
+    except asyncio.CancelledError:
         await conn.disconnect(nowait=True)
-        raise asyncio.CancelledError
+        raise
 
 
 class RawConnection:
@@ -165,15 +172,13 @@ class RawConnection:
         await connect(self._conn)
 
     async def send(self, *args: str) -> None:
-        task = asyncio.current_task()
-        before = task.cancelling() if task is not None else 0
+        task, before = _cancels()
         await self._conn.send_command(*args)
         _raise_swallowed_cancel(task, before)
 
     async def read(self) -> Any:
         """The next reply or push; a server error reply is returned (not raised)."""
-        task = asyncio.current_task()
-        before = task.cancelling() if task is not None else 0
+        task, before = _cancels()
         try:
             reply = await self._conn.read_response(timeout=math.inf, disconnect_on_error=False)
         except ResponseError as exc:
