@@ -144,12 +144,17 @@ class RequestContext:
         level = logging.DEBUG if scope.get("path") in QUIET_PATHS else logging.INFO
         if not access_log.isEnabledFor(level):
             return
-        fields = {
-            "request_id": request_id, "client": client, "method": scope.get("method"),
-            "path": scope.get("path"), "status": status, "duration_ms": round(seconds * 1000, 1),
-        }
+        method, path, duration_ms = scope.get("method"), scope.get("path"), round(seconds * 1000, 1)
         handler = direct_handler(access_log, level)
-        if handler is not None:  # the same line, without logging's generic machinery
+        if handler is not None and handler.text:  # the same line, without logging's generic machinery
+            handler.write_text(access_log, level, f"request request_id={request_id} client={client} method={method} "
+                                                  f"path={path} status={status} duration_ms={duration_ms}")
+            return
+        fields = {
+            "request_id": request_id, "client": client, "method": method,
+            "path": path, "status": status, "duration_ms": duration_ms,
+        }
+        if handler is not None:
             handler.write_fields(access_log, level, "request", fields)
             return
         access_log.log(level, "request", extra=fields)

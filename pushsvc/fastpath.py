@@ -235,17 +235,17 @@ class FastPath:
     ) -> None:
         authorization, content_type, idempotency_key = plain
 
-        async def read_body() -> bytes:
+        def read_body() -> bytes | Awaitable[bytes]:
             taken = _queued(receive)
             if taken and _ends_body(taken[-1]):  # it came with the headers: nothing to wait for
                 if len(taken) == 1 and taken[0]["type"] == "http.request":
                     return self._whole(taken[0])
-                return await self._read_body(receive, taken)  # (returns without waiting)
+                return self._read_body(receive, taken)  # (returns without waiting)
             if self.body_timeout is None:
-                return await self._read_body(receive, taken)
+                return self._read_body(receive, taken)
             if self._deadlines is None or self._deadlines.seconds != self.body_timeout:
                 self._deadlines = _BodyDeadlines(self.body_timeout)
-            return await self._deadlines.read(lambda: self._read_body(receive, taken))
+            return self._deadlines.read(lambda: self._read_body(receive, taken))
 
         try:
             result, status, headers = await publish_request(

@@ -108,27 +108,42 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     _local = ""  # the text format's time, to the second (time.localtime)
     _utc = ""  # the JSON format's (time.gmtime)
 
-    def write_fields(self, logger: logging.Logger, level: int, message: str, fields: dict[str, Any]) -> None:
+    @property
+    def text(self) -> bool:
+        """Its lines are text (`write_text` takes them), not JSON (`write_fields` only)."""
+        return type(self.formatter) is not JsonFormatter
+
+    def _clock(self) -> int:
+        """The milliseconds of now; `_local` and `_utc` hold its second."""
         created = time.time()
         second = int(created)
-        msecs = int((created - second) * 1000)
         if second != self._second:
             self._second = second
             self._local = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
             self._utc = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        level_name = logging.getLevelName(level)
-        if type(self.formatter) is JsonFormatter:
-            entry: dict[str, Any] = {
-                "ts": f"{self._utc}.{msecs:03d}Z", "level": level_name.lower(), "logger": logger.name,
-                "pid": os.getpid() if logging.logProcesses else None, "msg": message,
-            }
-            entry.update(fields)
-            line = json.dumps(entry, default=str)
-        else:
+        return int((created - second) * 1000)
+
+    def write_fields(self, logger: logging.Logger, level: int, message: str, fields: dict[str, Any]) -> None:
+        if self.text:
             # The formatter escapes the message and each field; escaping is per character, so
             # escaping them joined is the same (one scan instead of one per field).
-            text = " ".join([message, *[f"{k}={v}" for k, v in fields.items()]])
-            line = f"{self._local},{msecs:03d} {level_name} {logger.name}: {escape_controls(text)}"
+            self.write_text(logger, level, " ".join([message, *[f"{k}={v}" for k, v in fields.items()]]))
+            return
+        msecs = self._clock()
+        entry: dict[str, Any] = {
+            "ts": f"{self._utc}.{msecs:03d}Z", "level": logging.getLevelName(level).lower(),
+            "logger": logger.name, "pid": os.getpid() if logging.logProcesses else None, "msg": message,
+        }
+        entry.update(fields)
+        self._add(json.dumps(entry, default=str))
+
+    def write_text(self, logger: logging.Logger, level: int, text: str) -> None:
+        """A text line (`text` only): the message and its ``key=value`` fields, joined by
+        spaces, as the text formatter joins them (it escapes them here)."""
+        msecs = self._clock()
+        self._add(f"{self._local},{msecs:03d} {logging.getLevelName(level)} {logger.name}: {escape_controls(text)}")
+
+    def _add(self, line: str) -> None:
         pending = self._pending
         pending.append(line)
         if len(pending) == 1:

@@ -65,8 +65,10 @@ class Batcher:
         self.pipelines = 0
         self.requests = 0
 
-    async def submit(self, calls: list[Call], copies: int) -> list[Any]:
-        """The replies of `calls` (one request), in order; BrokerUnavailable or OutcomeUnknown."""
+    def submit(self, calls: list[Call], copies: int) -> asyncio.Future[list[Any]]:
+        """Queues `calls` (one request): a future of their replies, in order, or of
+        BrokerUnavailable or OutcomeUnknown.  (A future, not a coroutine: one frame less
+        for the request's task to resume through when the replies come.)"""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[list[Any]] = loop.create_future()
         batch = self._queue[-1] if self._queue else None
@@ -78,7 +80,7 @@ class Batcher:
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(loop.call_soon, self._flush)  # see `_flush`
-        return await done
+        return done
 
     def _flush(self) -> None:
         """Send queued batches while fewer than `in_flight` pipelines wait for Redis.
@@ -132,11 +134,12 @@ class Batcher:
             end = start + len(request_calls)
             if not done.done():
                 mine = replies[start:end]
-                error = next((reply for reply in mine if isinstance(reply, Exception)), None)
-                if error is None:
-                    done.set_result(mine)
+                for reply in mine:
+                    if isinstance(reply, Exception):
+                        done.set_exception(OutcomeUnknown(f"redis answered the publish with an error: {reply}"))
+                        break
                 else:
-                    done.set_exception(OutcomeUnknown(f"redis answered the publish with an error: {error}"))
+                    done.set_result(mine)
             start = end
 
     def cancel(self) -> None:

@@ -96,7 +96,8 @@ def idempotency_of(
     return Idempotency(auth.publisher_identity(authorization), key, window_seconds)
 
 
-BodyReader = Callable[[], Awaitable[bytes]]
+#: The request body: its bytes when they are already there, else an awaitable of them.
+BodyReader = Callable[[], bytes | Awaitable[bytes]]
 
 
 @functools.lru_cache(maxsize=8)
@@ -116,14 +117,16 @@ async def publish_request(
     """The whole of ``POST /publish`` without a web framework: (JSON body, status, extra
     headers), or ApiError.  Both doors (the Quart route and the pure-ASGI fast door) answer
     with this.  `read_body` is awaited only once the caller is authenticated and the media
-    type is right: those answers never wait for the body.  `idempotency_key` is the
+    type is right: those answers never wait for the body (it may return the bytes at once).  `idempotency_key` is the
     ``Idempotency-Key`` header."""
     scope = auth.authenticate_publisher(authorization)
     if media_type(content_type) != "application/json":
         raise ApiError(
             "unsupported_media_type", "send the body as Content-Type: application/json", 415
         )
-    raw = await read_body()
+    raw = read_body()
+    if not isinstance(raw, bytes):
+        raw = await raw
     settings = rt.settings
     limits = _limits(settings.max_event_bytes, settings.max_retry_ms)
     events, batch = parse_body(raw, settings.max_batch, limits, max_copies(settings.redis_timeout_seconds))
@@ -160,6 +163,9 @@ async def publish_request(
         headers["Idempotent-Replayed"] = "true"
     else:
         rt.metrics.events_published += len(events)
+    if not batch and len(events[0].channels) == 1:  # most publishes: one event, one channel
+        (event_id,), = published.ids
+        return {"events": [{"channel": events[0].channels[0], "id": event_id}], "id": event_id}, 202, headers
     answer = [
         {"channel": channel, "id": event_id}
         for event, event_ids in zip(events, published.ids, strict=True)
@@ -174,10 +180,14 @@ async def publish_request(
 def answer_bytes(result: dict[str, Any]) -> bytes:
     """`json_bytes` of `publish_request`'s answer, formatted directly: its keys are known and
     sorted, channel names (`CHANNEL_RE`) and ids are ASCII that JSON needs not escape."""
-    events = b",".join(
-        b'{"channel":"%s","id":"%s"}' % (item["channel"].encode("ascii"), item["id"].encode("ascii"))
-        for item in result["events"]
-    )
+    items = result["events"]
+    if len(items) == 1:
+        events = b'{"channel":"%s","id":"%s"}' % (items[0]["channel"].encode("ascii"), items[0]["id"].encode("ascii"))
+    else:
+        events = b",".join([
+            b'{"channel":"%s","id":"%s"}' % (item["channel"].encode("ascii"), item["id"].encode("ascii"))
+            for item in items
+        ])
     if "id" in result:
         return b'{"events":[%s],"id":"%s"}\n' % (events, result["id"].encode("ascii"))
     return b'{"events":[%s]}\n' % events

@@ -1,4 +1,4 @@
-"""The access log's direct line (`LineHandler.write_fields`, used by `RequestContext` for
+"""The access log's direct line (`LineHandler.write_text` / `write_fields`, used by `RequestContext` for
 its one line per request) is exactly the line logging would write through the handler and
 formatter `configure` installs -- text and JSON, escaped fields, DEBUG lines of quiet paths --
 and it is used only when nothing else (a handler, a filter) would see the record."""
@@ -39,13 +39,14 @@ def lines(fmt: str, direct: bool, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     assert isinstance(handler, logs.LineHandler)
     handler.stream = out = io.StringIO()
     calls: list[int] = []
-    original = logs.LineHandler.write_fields
+    for name in ("write_text", "write_fields"):
+        original = getattr(logs.LineHandler, name)
 
-    def counted(self: Any, *args: Any) -> None:
-        calls.append(1)
-        original(self, *args)
+        def counted(self: Any, *args: Any, original: Any = original) -> None:
+            calls.append(1)
+            original(self, *args)
 
-    monkeypatch.setattr(logs.LineHandler, "write_fields", counted)
+        monkeypatch.setattr(logs.LineHandler, name, counted)
     if not direct:
         access_log.addFilter(lambda record: True)  # a filter must see records: logging's own path
     for created in CREATED:
