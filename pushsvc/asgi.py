@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .logs import direct_handler, request_id_var
-from .randomness import token_hex16
+from .randomness import token_hex32
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -102,7 +102,7 @@ class RequestContext:
             if real != client[0]:
                 scope["client"] = (real, 0)
         incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else token_hex16() + token_hex16()
+        request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else token_hex32()
         scope[REQUEST_ID_KEY] = request_id
         scope[RAW_SEND_KEY] = send
         token = request_id_var.set(request_id)

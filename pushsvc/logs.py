@@ -36,6 +36,8 @@ def _escape_one(match: re.Match[str]) -> str:
 def escape_controls(value: object) -> str:
     """`value` as text on one line: control characters written as ``\\n``, ``\\x1b`` ..."""
     text = str(value)
+    if text.isprintable():  # (every character `_CONTROLS` matches is not printable)
+        return text
     return _CONTROLS.sub(_escape_one, text) if _CONTROLS.search(text) else text
 
 
@@ -141,7 +143,9 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """A text line (`text` only): the message and its ``key=value`` fields, joined by
         spaces, as the text formatter joins them (it escapes them here)."""
         msecs = self._clock()
-        self._add(f"{self._local},{msecs:03d} {logging.getLevelName(level)} {logger.name}: {escape_controls(text)}")
+        if not text.isprintable():  # (`escape_controls` without its call, for most lines)
+            text = escape_controls(text)
+        self._add(f"{self._local},{msecs:03d} {logging.getLevelName(level)} {logger.name}: {text}")
 
     def _add(self, line: str) -> None:
         pending = self._pending

@@ -17,12 +17,23 @@ _hex: list[str] = []
 _epochs: list[str] = []
 
 
+def _draw_hex() -> None:
+    raw = os.urandom(8 * _BATCH).hex()
+    _hex.extend(raw[i:i + 16] for i in range(0, len(raw), 16))
+
+
 def token_hex16() -> str:
     """16 random hexadecimal characters (64 bits)."""
     if not _hex:
-        raw = os.urandom(8 * _BATCH).hex()
-        _hex.extend(raw[i:i + 16] for i in range(0, len(raw), 16))
+        _draw_hex()
     return _hex.pop()
+
+
+def token_hex32() -> str:
+    """32 random hexadecimal characters (128 bits): two of `token_hex16` (a request id)."""
+    if len(_hex) < 2:
+        _draw_hex()
+    return _hex.pop() + _hex.pop()
 
 
 def token_b32_8() -> str:

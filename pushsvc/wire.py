@@ -110,6 +110,13 @@ def live_channel(channel: str) -> str:
     return _tagged(channel, "live")
 
 
+def channel_keys(channel: str) -> tuple[str, str, str]:
+    """(`meta_key`, `history_key`, `live_channel`) of `channel`, built at once (a publish
+    needs all three)."""
+    head = f"pushsvc:{{{channel}}}:"
+    return head + "meta", head + "history", head + "live"
+
+
 def idempotency_key(channel: str, scope: str, key: str) -> str:
     return _tagged(channel, f"idem:{scope}:{key}")
 

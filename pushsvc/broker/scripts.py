@@ -254,8 +254,9 @@ def _internal_calls(
             _eid(record, n) if len(event.channels) > 1 else "",
         ]
         for channel in event.channels:
-            keys += [wire.meta_key(channel), wire.history_key(channel)]
-            args += [wire.live_channel(channel), new_epoch()]
+            meta, history, live = wire.channel_keys(channel)
+            keys += [meta, history]
+            args += [live, new_epoch()]
         calls.append((keys, args))
     return calls
 
@@ -291,4 +292,6 @@ def read_replies(replies: Sequence[Any]) -> tuple[list[list[str]], bool]:
 
 
 def copies(events: Sequence[Event]) -> int:
+    if len(events) == 1:  # most publishes
+        return len(events[0].channels)
     return sum(len(event.channels) for event in events)

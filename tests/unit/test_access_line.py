@@ -126,3 +126,10 @@ async def test_direct_lines_leave_together_at_the_end_of_the_iteration_and_befor
     for n in range(logs._MOST_PENDING):
         RequestContext._log(SCOPES[0], f"m{n}", 202, 0.001)
     assert f"request_id=m{logs._MOST_PENDING - 1}" in out.getvalue().splitlines()[-1]  # a bounded backlog
+
+
+def test_no_character_the_escape_rewrites_is_printable():
+    # `escape_controls` and `write_text` skip the scan for text that `str.isprintable` accepts.
+    controls = [chr(c) for c in range(0x3000) if logs._CONTROLS.match(chr(c))]
+    assert len(controls) == 32 + 33 + 2 and not any(c.isprintable() for c in controls)
+    assert logs.escape_controls("a\u2028b\x85c\x1b") == "a\\u2028b\\x85c\\x1b"

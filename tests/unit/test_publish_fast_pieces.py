@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio.connection import Connection
 from werkzeug.exceptions import RequestTimeout
 
-from pushsvc import randomness
+from pushsvc import randomness, wire
 from pushsvc.broker import scripts
 from pushsvc.broker.redis import pack_evalsha
 from pushsvc.broker.scripts import Idempotency, calls_for
@@ -102,8 +102,10 @@ async def test_a_body_read_cancelled_by_someone_else_stays_cancelled():
 
 def test_bulk_tokens_have_their_formats_and_do_not_repeat():
     hexes = [randomness.token_hex16() for _ in range(500)]
+    ids = [randomness.token_hex32() for _ in range(500)]  # across refills too (64 per draw)
     epochs = [randomness.token_b32_8() for _ in range(500)]
     assert len(set(hexes)) == 500 and all(len(t) == 16 and int(t, 16) >= 0 for t in hexes)
+    assert len(set(ids)) == 500 and all(len(t) == 32 and int(t, 16) >= 0 for t in ids)
     assert len(set(epochs)) == 500 and all(len(t) == 8 and set(t) <= set("abcdefghijklmnopqrstuvwxyz234567")
                                            for t in epochs)
 
@@ -125,3 +127,8 @@ def test_a_forked_child_never_hands_out_its_parents_buffered_tokens():
     os.waitpid(pid, 0)
     assert child[0] != randomness.token_hex16()
     assert child[1] != randomness.token_b32_8()
+
+
+@pytest.mark.parametrize("channel", ["sse", "user:42", "a.b-c_d", "x" * 200])
+def test_channel_keys_are_the_three_names_the_script_uses(channel):
+    assert wire.channel_keys(channel) == (wire.meta_key(channel), wire.history_key(channel), wire.live_channel(channel))
