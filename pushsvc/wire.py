@@ -93,8 +93,13 @@ def id_line(epoch: str, seq: int) -> bytes:
 # -- Redis names -------------------------------------------------------------------------
 
 
+def _head(channel: str) -> str:
+    """What every Redis name of `channel` starts with (its hash tag: one cluster slot)."""
+    return f"pushsvc:{{{channel}}}:"
+
+
 def _tagged(channel: str, kind: str) -> str:
-    return f"pushsvc:{{{channel}}}:{kind}"
+    return _head(channel) + kind
 
 
 def history_key(channel: str) -> str:
@@ -113,7 +118,7 @@ def live_channel(channel: str) -> str:
 def channel_keys(channel: str) -> tuple[str, str, str]:
     """(`meta_key`, `history_key`, `live_channel`) of `channel`, built at once (a publish
     needs all three)."""
-    head = f"pushsvc:{{{channel}}}:"
+    head = _head(channel)
     return head + "meta", head + "history", head + "live"
 
 

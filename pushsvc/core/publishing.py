@@ -117,8 +117,8 @@ async def publish_request(
     """The whole of ``POST /publish`` without a web framework: (JSON body, status, extra
     headers), or ApiError.  Both doors (the Quart route and the pure-ASGI fast door) answer
     with this.  `read_body` is awaited only once the caller is authenticated and the media
-    type is right: those answers never wait for the body (it may return the bytes at once).  `idempotency_key` is the
-    ``Idempotency-Key`` header."""
+    type is right: those answers never wait for the body (it returns the bytes themselves when
+    they are already there).  `idempotency_key` is the ``Idempotency-Key`` header."""
     scope = auth.authenticate_publisher(authorization)
     if media_type(content_type) != "application/json":
         raise ApiError(
@@ -180,14 +180,10 @@ async def publish_request(
 def answer_bytes(result: dict[str, Any]) -> bytes:
     """`json_bytes` of `publish_request`'s answer, formatted directly: its keys are known and
     sorted, channel names (`CHANNEL_RE`) and ids are ASCII that JSON needs not escape."""
-    items = result["events"]
-    if len(items) == 1:
-        events = b'{"channel":"%s","id":"%s"}' % (items[0]["channel"].encode("ascii"), items[0]["id"].encode("ascii"))
-    else:
-        events = b",".join([
-            b'{"channel":"%s","id":"%s"}' % (item["channel"].encode("ascii"), item["id"].encode("ascii"))
-            for item in items
-        ])
+    events = b",".join([
+        b'{"channel":"%s","id":"%s"}' % (item["channel"].encode("ascii"), item["id"].encode("ascii"))
+        for item in result["events"]
+    ])
     if "id" in result:
         return b'{"events":[%s],"id":"%s"}\n' % (events, result["id"].encode("ascii"))
     return b'{"events":[%s]}\n' % events
