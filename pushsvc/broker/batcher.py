@@ -8,7 +8,9 @@ Redis.  So a quiet service sends each request at once (the flush is a callback a
 of the next loop iteration), and a busy one sends one pipeline per Redis round trip with
 everything that arrived meanwhile: self-clocked, no timer, no added wait while Redis keeps
 up.  Measured with 16 concurrent single-event publishers (`bench/sse_bench.py --only
-publish`): about 8 requests per pipeline.
+publish`): about 8 requests per pipeline.  A pipeline leaves through the broker's `Starter`
+when a connection is up and idle (no task: its answer comes back through a callback, from
+the connection's read), else in a task through its `Sender`.
 
 What each request keeps, whatever shares its pipeline:
 
@@ -36,6 +38,13 @@ from .scripts import Call
 #: (an exception instance for a call Redis answered with an error), or raises
 #: BrokerUnavailable (nothing sent) or OutcomeUnknown (sent, answer lost).
 Sender = Callable[[list[Call], float], Awaitable[list[Any]]]
+#: What a `Starter` hands back when the pipeline's answer comes: the replies, or the verdict
+#: (BrokerUnavailable, OutcomeUnknown; CancelledError when the sender was stopped).
+Landed = Callable[[list[Any] | BaseException], None]
+#: Sends one pipeline at once, without a task, if it can (a connection is up and idle):
+#: True, and `Landed` is called later -- never from within the call; False, having sent
+#: nothing, and the pipeline goes to the `Sender`.
+Starter = Callable[[list[Call], float, Landed], bool]
 
 
 class _Batch:
@@ -52,8 +61,12 @@ class _Batch:
 class Batcher:
     """See the module docstring."""
 
-    def __init__(self, send: Sender, *, max_copies: int, timeout: float, in_flight: int = 1) -> None:
+    def __init__(
+        self, send: Sender, *, max_copies: int, timeout: float, in_flight: int = 1, start: Starter | None = None
+    ) -> None:
         self._send = send
+        self._start = start
+        self._flying: set[_Batch] = set()  # sent by `start`, its answer not in yet
         self.max_copies = max_copies
         self.timeout = timeout
         self.in_flight = in_flight
@@ -94,9 +107,49 @@ class Batcher:
         while self._queue and self._sending < self.in_flight:
             batch = self._queue.popleft()
             self._sending += 1
+            if self._start is not None and self._started(batch, loop):
+                continue
             task = loop.create_task(self._run(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _started(self, batch: _Batch, loop: asyncio.AbstractEventLoop) -> bool:
+        """`batch` sent by the `Starter` (its answer comes to `_landed`), or nothing to send;
+        False: it goes to a task (no connection ready, or its budget is spent)."""
+        assert self._start is not None
+        requests = [(calls, done) for calls, done in batch.requests if not done.done()]
+        if not requests:
+            self._sending -= 1
+            return True
+        budget = self.timeout - (loop.time() - batch.since)
+        if budget <= 0:
+            return False
+        calls = requests[0][0] if len(requests) == 1 else [call for mine, _ in requests for call in mine]
+        if not self._start(calls, budget, lambda result: self._landed(batch, requests, result)):
+            return False
+        self._flying.add(batch)
+        return True
+
+    def _landed(
+        self, batch: _Batch, requests: list[tuple[list[Call], asyncio.Future[list[Any]]]],
+        result: list[Any] | BaseException,
+    ) -> None:
+        self._flying.discard(batch)
+        try:
+            if isinstance(result, BaseException):
+                if not isinstance(result, asyncio.CancelledError):  # else: cancelled below
+                    for _, done in requests:
+                        if not done.done():
+                            done.set_exception(result)
+            else:
+                self._answer(requests, result)
+        finally:
+            for _, done in batch.requests:
+                if not done.done():
+                    done.cancel()
+            self._sending -= 1
+            if self._queue and not self._scheduled:
+                self._flush()
 
     async def _run(self, batch: _Batch) -> None:
         try:
@@ -127,6 +180,10 @@ class Batcher:
                 if not done.done():
                     done.set_exception(failure)
             return
+        self._answer(requests, replies)
+
+    def _answer(self, requests: list[tuple[list[Call], asyncio.Future[list[Any]]]], replies: list[Any]) -> None:
+        """Each request its own replies; a request with an error reply fails alone."""
         self.pipelines += 1
         self.requests += len(requests)
         start = 0
@@ -146,6 +203,9 @@ class Batcher:
         """Stop: every pipeline still being sent is cancelled (its requests with it)."""
         for task in list(self._tasks):
             task.cancel()
+        for batch in self._flying:
+            for _, done in batch.requests:
+                done.cancel()
         for batch in self._queue:
             for _, done in batch.requests:
                 done.cancel()

@@ -54,7 +54,7 @@ from . import (
     new_epoch,
     queue_history_reads,
 )
-from .batcher import Batcher
+from .batcher import Batcher, Landed
 from .counting import SubscriberCounter
 from .pubsub import UNAVAILABLE, PubSubLoop, connect, message_handler, text
 from .scripts import (
@@ -85,11 +85,142 @@ def pack_evalsha(sha: str, calls: Sequence[Call]) -> bytes:
     return b"".join([hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args)) for keys, args in calls])
 
 
+class _Replies(asyncio.Protocol):
+    """A publish connection's protocol once redis-py has connected it: the replies are parsed
+    (hiredis) as their bytes arrive and handed, when all that were asked for are in, to the
+    callback of the exchange that asked -- straight from the event loop's read, without a
+    reader task, a ``StreamReader`` or a future in between.  redis-py's own protocol stays
+    underneath for the connection's end (``connection_lost``, EOF: its ``disconnect`` waits
+    on them) and flow control."""
+
+    def __init__(self, transport: asyncio.Transport, inner: asyncio.Protocol) -> None:
+        self.transport = transport
+        self.inner: Any = inner
+        self.parser = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
+        self.lost = False
+        self._count = 0
+        self._replies: list[Any] = []
+        self._on_done: Callable[[list[Any] | BaseException], None] | None = None
+
+    def expect(self, packed: bytes, count: int, on_done: Callable[[list[Any] | BaseException], None]) -> None:
+        """Write `packed` (`count` commands); `on_done` gets their replies, in order (an error
+        reply as its ResponseError instance), or a RedisConnectionError if the connection
+        fails first.  RedisConnectionError here if it cannot be written (nothing was sent)."""
+        if self.lost or self._on_done is not None:
+            raise RedisConnectionError("Connection closed by server." if self.lost else "connection busy")
+        try:
+            self.transport.write(packed)
+        except Exception as exc:  # a transport closed under us (uvloop raises, asyncio logs)
+            raise RedisConnectionError(f"{type(exc).__name__}: {exc}") from exc
+        self._count, self._replies, self._on_done = count, [], on_done
+
+    def abandon(self) -> None:
+        """Drop the exchange in progress and close the connection: it is never used again
+        with replies still pending on it."""
+        self._on_done = None
+        self.lost = True
+        self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed(data)
+        if self._on_done is None:  # a reply nobody asked for: this connection cannot be trusted
+            self.abandon()
+            return
+        replies = self._replies
+        while len(replies) < self._count:
+            try:
+                reply = self.parser.gets()
+            except Exception as exc:  # not RESP: nothing more on this connection can be trusted
+                self._fail(RedisConnectionError(f"{type(exc).__name__}: {exc}"))
+                self.abandon()
+                return
+            if reply is False:
+                return
+            if isinstance(reply, RedisConnectionError):  # (e.g. LOADING): the connection is unusable
+                self._fail(reply)
+                return
+            replies.append(reply)
+        on_done, self._on_done = self._on_done, None
+        on_done(replies)
+
+    def _fail(self, error: BaseException) -> None:
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done(error)
+
+    def eof_received(self) -> bool | None:
+        self.lost = True
+        self._fail(RedisConnectionError("Connection closed by server."))
+        result: bool | None = self.inner.eof_received()
+        return result
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._fail(RedisConnectionError(f"connection lost: {exc}" if exc else "Connection closed by server."))
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+def _replies_of(conn: Connection) -> _Replies | None:
+    """`conn`'s `_Replies`, installed on its transport the first time; None when it is not
+    connected or its connection was lost (then it must be disconnected before reuse)."""
+    writer = conn._writer
+    if writer is None:
+        return None
+    transport: Any = writer.transport
+    protocol = transport.get_protocol()
+    if type(protocol) is not _Replies:
+        protocol = _Replies(transport, protocol)
+        transport.set_protocol(protocol)
+    return None if protocol.lost or transport.is_closing() else protocol
+
+
+async def _round_trip(replies: _Replies | None, packed: bytes, count: int) -> list[Any]:
+    """Write `packed` (`count` commands) and await their replies (`_Replies.expect`); an
+    error reply that means the connection is unusable, or a lost connection, raises
+    RedisConnectionError."""
+    if replies is None:
+        raise RedisConnectionError("not connected")
+    future: asyncio.Future[list[Any] | BaseException] = asyncio.get_running_loop().create_future()
+
+    def done(got: list[Any] | BaseException) -> None:
+        if not future.done():
+            future.set_result(got)
+
+    replies.expect(packed, count, done)
+    got = await future
+    if isinstance(got, BaseException):
+        raise got
+    return got
+
+
+def _settle(pending: Sequence[int], got: Sequence[Any], replies: list[Any], reloads: int) -> list[int]:
+    """Place `got` (the replies to the calls `pending`) in `replies`; the calls answered
+    ``NOSCRIPT`` (to be sent again once the script is loaded), while `reloads` is left."""
+    missing = []
+    for i, reply in zip(pending, got, strict=True):
+        replies[i] = reply
+        if isinstance(reply, NoScriptError) and reloads:
+            missing.append(i)
+    return missing
+
+
 class ScriptPipelines:
     """The publish pipelines' own connections, one per pipeline in flight, driven directly:
-    the pipeline packed by `pack_evalsha`, sent in one write, its replies read one by one,
-    under one time budget for the whole exchange.  (redis-py's ``Pipeline`` adds a timeout
-    per read and a task per write: most of what a publish cost this process.)
+    the pipeline packed by `pack_evalsha`, sent in one write, its replies parsed as they
+    arrive (`_Replies`), under one time budget for the whole exchange.  (redis-py's
+    ``Pipeline`` adds a timeout per read and a task per write: most of what a publish cost
+    this process.)
+
+    The usual exchange, on a connection that is up and idle, runs without a task or a
+    coroutine (`start`): written from the batcher's flush, answered from the connection's
+    read, bounded by one timer.  Everything else -- connecting, reconnecting, reloading the
+    script -- runs in a task (`send`, or the rest of a `start` that met one of them).
 
     A failure before the pipeline is sent (cannot connect) is `BrokerUnavailable`: nothing
     was stored; after it, `OutcomeUnknown`.  A connection that breaks (Redis restarted, the
@@ -105,6 +236,11 @@ class ScriptPipelines:
             url, socket_timeout=None, socket_connect_timeout=timeout_seconds, retry=Retry(NoBackoff(), 0)
         )
         self._idle: list[Connection] = []
+        self._busy: dict[Connection, asyncio.TimerHandle] = {}  # in a `start` exchange: its deadline
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        #: Pipelines `start` sent (without a task), and those `send` took (for tests).
+        self.started = self.sent = 0
         self._script = script
         self._sha = hashlib.sha1(script.encode("utf-8")).hexdigest()
 
@@ -120,16 +256,84 @@ class ScriptPipelines:
                 await conn.disconnect(nowait=True)
             self._idle.append(conn)
 
+    def start(self, calls: list[Call], budget: float, landed: Landed) -> bool:
+        """Send `calls` now, on an idle connection that is up, and hand their replies (or the
+        verdict) to `landed` when they come, within `budget` seconds; False, having done
+        nothing, when no such connection is idle (then `send` it)."""
+        if self._closed or not self._idle:
+            return False
+        conn = self._idle[-1]
+        replies = _replies_of(conn)
+        if replies is None:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+
+        def answered(got: list[Any] | BaseException) -> None:
+            timer = self._busy.pop(conn, None)
+            if timer is not None:
+                timer.cancel()
+            if self._closed:
+                landed(asyncio.CancelledError())
+                return
+            if not isinstance(got, BaseException):
+                for reply in got:
+                    if isinstance(reply, NoScriptError):
+                        break
+                else:
+                    self._idle.append(conn)
+                    landed(got)
+                    return
+            # A lost connection, or a lost script cache: the rest in a task, as `send` would.
+            task = loop.create_task(self._run(conn, deadline, calls, got))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda done: landed(_outcome(done)))
+
+        try:
+            replies.expect(pack_evalsha(self._sha, calls), len(calls), answered)
+        except RedisConnectionError:
+            return False  # not sent: `send` reconnects
+        self._idle.pop()
+        self.started += 1
+        self._busy[conn] = loop.call_at(deadline, self._expired, conn, replies, landed)
+        return True
+
+    def _expired(self, conn: Connection, replies: _Replies, landed: Landed) -> None:
+        self._busy.pop(conn, None)
+        replies.abandon()  # `answered` is not called
+        self._idle.append(conn)  # (disconnected before its next use: `_replies_of` is None)
+        landed(OutcomeUnknown("redis did not answer the publish in time (TimeoutError)"))
+
     async def send(self, calls: list[Call], budget: float) -> list[Any]:
         """Each call's reply (a ResponseError instance for an error reply), in order."""
         conn = self._idle.pop() if self._idle else self._pool.make_connection()  # type: ignore[no-untyped-call]
-        sent = False
+        self.sent += 1
+        return await self._run(conn, asyncio.get_running_loop().time() + budget, calls, None)
+
+    async def _run(
+        self, conn: Connection, deadline: float, calls: list[Call], got: list[Any] | BaseException | None
+    ) -> list[Any]:
+        """The exchange of `calls` on `conn` until `deadline`; `got`: what a `start` exchange
+        already got (its replies with ``NOSCRIPT`` among them, or its connection's failure:
+        the pipeline was sent), None for a fresh one.  Gives `conn` back, whatever happens."""
+        sent = got is not None
         try:
-            async with asyncio.timeout(budget):
-                if not conn.is_connected:
-                    await connect(conn)  # failing here stores nothing
-                sent = True
-                return await self._exchange(conn, calls)
+            async with asyncio.timeout_at(deadline):
+                if got is None:
+                    if conn.is_connected and _replies_of(conn) is None:
+                        await conn.disconnect(nowait=True)  # lost while idle
+                    if not conn.is_connected:
+                        await connect(conn)  # failing here stores nothing
+                    sent = True
+                    return await self._exchange(conn, calls)
+                if isinstance(got, BaseException):  # the connection failed after the pipeline left
+                    await conn.disconnect(nowait=True)
+                    return await self._exchange(conn, calls, reconnects=0)
+                replies = [None] * len(calls)
+                missing = _settle(range(len(calls)), got, replies, 1)
+                await self._load(conn)
+                return await self._exchange(conn, calls, replies, missing, reloads=0)
         except _UNAVAILABLE as exc:
             await conn.disconnect(nowait=True)
             what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -142,68 +346,54 @@ class ScriptPipelines:
         finally:
             self._idle.append(conn)
 
-    async def _exchange(self, conn: Connection, calls: list[Call]) -> list[Any]:
-        replies: list[Any] = [None] * len(calls)
-        pending = list(range(len(calls)))
-        reconnects = reloads = 1
+    async def _exchange(
+        self, conn: Connection, calls: list[Call], replies: list[Any] | None = None,
+        pending: list[int] | None = None, reconnects: int = 1, reloads: int = 1,
+    ) -> list[Any]:
+        replies = [None] * len(calls) if replies is None else replies
+        pending = list(range(len(calls))) if pending is None else pending
         while pending:
             try:
                 if not conn.is_connected:
                     await connect(conn)
-                got = await _round_trip(conn, pack_evalsha(self._sha, [calls[i] for i in pending]), len(pending))
+                packed = pack_evalsha(self._sha, [calls[i] for i in pending])
+                got = await _round_trip(_replies_of(conn), packed, len(pending))
             except RedisConnectionError:
                 if not reconnects:
                     raise
                 reconnects -= 1
                 await conn.disconnect(nowait=True)
                 continue  # sent again on a fresh connection
-            missing = []
-            for i, reply in zip(pending, got, strict=True):
-                replies[i] = reply
-                if isinstance(reply, NoScriptError) and reloads:
-                    missing.append(i)
-            if missing:
+            pending = _settle(pending, got, replies, reloads)
+            if pending:
                 reloads -= 1
-                load = await _round_trip(conn, b"".join(conn.pack_command("SCRIPT", "LOAD", self._script)), 1)
-                if isinstance(load[0], Exception):
-                    raise load[0]
-            pending = missing
+                await self._load(conn)
         return replies
 
+    async def _load(self, conn: Connection) -> None:
+        load = await _round_trip(_replies_of(conn), b"".join(conn.pack_command("SCRIPT", "LOAD", self._script)), 1)
+        if isinstance(load[0], Exception):
+            raise load[0]
+
     async def close(self) -> None:
-        for conn in self._idle:
+        self._closed = True
+        for timer in self._busy.values():
+            timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for conn in [*self._idle, *self._busy]:
             await conn.disconnect()
         self._idle.clear()
+        self._busy.clear()
         await self._pool.disconnect()
 
 
-async def _round_trip(conn: Connection, packed: bytes, count: int) -> list[Any]:
-    """Write `packed` (`count` commands) on `conn`'s socket and read `count` replies, parsed
-    by a hiredis reader of its own, as redis-py's parser gives them (an error reply as its
-    ResponseError instance, in its place; one that means the connection is unusable is
-    raised) -- without redis-py's per-reply machinery.  A connection closed or broken
-    meanwhile is RedisConnectionError."""
-    reader, writer = conn._reader, conn._writer
-    if reader is None or writer is None:
-        raise RedisConnectionError("not connected")
-    parser = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
-    replies: list[Any] = []
-    try:
-        writer.write(packed)
-        while len(replies) < count:
-            reply = parser.gets()
-            if reply is False:
-                data = await reader.read(65536)
-                if not data:
-                    raise RedisConnectionError("Connection closed by server.")
-                parser.feed(data)
-            elif isinstance(reply, RedisConnectionError):
-                raise reply
-            else:
-                replies.append(reply)
-    except OSError as exc:
-        raise RedisConnectionError(f"{type(exc).__name__}: {exc}") from exc
-    return replies
+def _outcome(task: asyncio.Task[list[Any]]) -> list[Any] | BaseException:
+    """A finished task's replies, or what it raised (CancelledError if it was cancelled)."""
+    if task.cancelled():
+        return asyncio.CancelledError()
+    return task.exception() or task.result()
 
 
 class RedisBroker:
@@ -238,7 +428,7 @@ class RedisBroker:
         self._prepare: asyncio.Task[None] | None = None
         self.batcher = Batcher(
             self._pipelines.send, max_copies=max_copies(timeout_seconds), timeout=timeout_seconds,
-            in_flight=PUBLISH_PIPELINES,
+            in_flight=PUBLISH_PIPELINES, start=self._pipelines.start,
         )
         pubsub_pool = ConnectionPool.from_url(
             url, protocol=2, client_name="pushsvc-pubsub", **{**common, "retry": Retry(NoBackoff(), 0)}

@@ -3,11 +3,15 @@ broker's `ScriptPipelines`) on a real redis-server: each request keeps its own i
 idempotency and its own failure; a connection lost after the pipeline left gives every
 request in it ``OutcomeUnknown``, one that cannot be made gives ``BrokerUnavailable``
 (nothing stored); a connection Redis dropped while idle, or a lost script cache, is healed
-without storing anything twice."""
+without storing anything twice.  A pipeline on a connection that is up leaves without a
+task (`ScriptPipelines.start`); one that Redis answers only after its deadline is
+``OutcomeUnknown``, and that late answer never reaches the next pipeline."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
@@ -18,6 +22,7 @@ from pushsvc import wire
 from pushsvc.broker import BrokerUnavailable, Idempotency, IdempotencyConflict, OutcomeUnknown
 from pushsvc.broker.redis import RedisBroker
 from pushsvc.events import Event
+from tests.support.procs import RedisServer
 from tests.unit.test_brokers import Recorder
 
 pytestmark = pytest.mark.redis
@@ -85,6 +90,8 @@ class Proxy:
         target = urlsplit(redis_url)
         self.target = (target.hostname or "127.0.0.1", target.port or 6379)
         self.swallow = False
+        self.swallow_next = False  # the next thing a client sends only, then as usual
+        self.reset = False  # a swallowing close is a reset (RST), not a FIN
         self.refuse = False
         self.swallowed = 0
         self.server: asyncio.Server | None = None
@@ -111,8 +118,12 @@ class Proxy:
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, upstream: bool) -> None:
             try:
                 while data := await src.read(65536):
-                    if upstream and self.swallow:
+                    if upstream and (self.swallow or self.swallow_next):
                         self.swallowed += 1
+                        self.swallow_next = False
+                        if self.reset:
+                            sock = writer.get_extra_info("socket")
+                            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                         break
                     dst.write(data)
                     await dst.drain()
@@ -153,6 +164,25 @@ async def test_a_connection_lost_after_the_pipeline_left_is_outcome_unknown_for_
         await b.stop()
 
 
+@pytest.mark.parametrize("how", ["closed", "reset"])
+async def test_a_connection_lost_after_the_pipeline_left_is_reconnected_and_the_pipeline_sent_again_once(
+    proxy, redis_url, how
+):
+    proxy.reset = how == "reset"
+    b = RedisBroker(await proxy.start(), timeout_seconds=5.0)
+    await b.start(Recorder())
+    try:
+        await asyncio.wait_for(b.publish([Event(("again",), "before")]), 10)  # connected through the proxy
+        started = b._pipelines.started
+        proxy.swallow_next = True  # the pipeline is lost with its connection; the next one is not
+        results = await asyncio.wait_for(asyncio.gather(*[b.publish([Event(("again",), n)]) for n in range(4)]), 10)
+        assert proxy.swallowed == 1 and b._pipelines.started == started + 1
+        assert sorted(r.ids[0][0].rsplit("-", 1)[1] for r in results) == ["2", "3", "4", "5"]
+        assert len(await stored(redis_url, "again")) == 5  # each stored once
+    finally:
+        await b.stop()
+
+
 async def test_a_connection_that_cannot_be_made_is_broker_unavailable_for_each_request(proxy, redis_url):
     proxy.refuse = True
     b = RedisBroker(await proxy.start(), timeout_seconds=1.0)
@@ -183,3 +213,44 @@ async def test_a_lost_script_cache_is_reloaded_and_the_publish_goes_through(brok
     results = await asyncio.wait_for(asyncio.gather(*[broker.publish([Event(("noscript",), n)]) for n in (2, 3)]), 10)
     assert [r.ids[0][0].rsplit("-", 1)[1] for r in results] == ["2", "3"]
     assert len(await stored(redis_url, "noscript")) == 3
+
+
+async def test_pipelines_on_a_connection_that_is_up_leave_without_a_task(broker, redis_url):
+    await asyncio.wait_for(broker.publish([Event(("fast",), 0)]), 10)  # connected
+    pipes = broker._pipelines
+    started, sent = pipes.started, pipes.sent
+    for n in range(1, 6):
+        publishes = [broker.publish([Event(("fast",), (n, k))]) for k in range(4)]
+        results = await asyncio.wait_for(asyncio.gather(*publishes), 10)
+        assert [r.ids[0][0].rsplit("-", 1)[1] for r in results] == [str(4 * n - 2 + k) for k in range(4)]
+    assert pipes.sent == sent  # no task took any of them
+    assert pipes.started - started == broker.batcher.pipelines - 1 >= 5
+
+
+async def test_an_answer_that_comes_after_the_deadline_is_outcome_unknown_and_never_reaches_the_next_pipeline(
+    private_redis: RedisServer,
+):
+    b = RedisBroker(private_redis.url, timeout_seconds=1.0)
+    await b.start(Recorder())
+    try:
+        await asyncio.wait_for(b.publish([Event(("late",), "first")]), 10)  # connected, script loaded
+        started, pipelines = b._pipelines.started, b.batcher.pipelines
+        private_redis.pause()
+        try:
+            late = await asyncio.wait_for(
+                asyncio.gather(*[b.publish([Event(("late",), n)]) for n in range(3)], return_exceptions=True), 10)
+        finally:
+            private_redis.resume()  # Redis now runs the late pipeline and answers it
+        assert all(isinstance(r, OutcomeUnknown) for r in late), late
+        assert b._pipelines.started == started + 1  # the late pipeline left without a task
+        async with asyncio.timeout(10):
+            while len(await stored(private_redis.url, "late")) < 4:  # Redis ran it, and answered
+                await asyncio.sleep(0.02)
+        after = await asyncio.wait_for(b.publish([Event(("late",), "after")]), 10)
+        # Its own answer: the late pipeline stored 3 events (seq 2-4), so this one is seq 5 --
+        # a connection still carrying the late answer would have handed it seq 2.
+        assert after.ids[0][0].endswith("-5"), after
+        assert len(await stored(private_redis.url, "late")) == 5
+        assert b.batcher.pipelines == pipelines + 1  # the late answer was answered to nobody
+    finally:
+        await b.stop()

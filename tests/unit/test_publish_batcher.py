@@ -1,16 +1,22 @@
 """The publish batcher (`pushsvc/broker/batcher.py`) with a scripted sender, no Redis: each
 request keeps its own replies and failures, pipelines are self-clocked, bounded in event
-copies, and a request never waits past the Redis timeout for the ones ahead of it."""
+copies, and a request never waits past the Redis timeout for the ones ahead of it.
+
+Every test runs three ways, as a pipeline can leave: in a task through the `Sender`
+(``task``), through a `Starter` that takes it without a task and answers through its
+callback (``start``), and through a `Starter` that declines it (``declined``: no connection
+ready), so the task takes it after all."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from pushsvc.broker import BrokerUnavailable, OutcomeUnknown
-from pushsvc.broker.batcher import Batcher
+from pushsvc.broker.batcher import Batcher, Landed
 from pushsvc.broker.scripts import Call
 
 
@@ -40,11 +46,55 @@ class Sender:
         return [self.errors.get(tag, f"reply:{tag}") for tag in tags]
 
 
-def batcher(sender: Sender, max_copies: int = 100, timeout: float = 5.0) -> Batcher:
-    return Batcher(sender, max_copies=max_copies, timeout=timeout)
+class Starter:
+    """A `Starter` over a `Sender`: takes the pipeline (``accept``) and hands the sender's
+    outcome to `landed` when it is in (never from within the call), or declines it."""
+
+    def __init__(self, sender: Sender, accept: bool) -> None:
+        self.sender = sender
+        self.accept = accept
+        self.started = self.declined = 0
+        self.tasks: set[asyncio.Task[list[Any]]] = set()
+
+    def __call__(self, calls: list[Call], budget: float, landed: Landed) -> bool:
+        if not self.accept:
+            self.declined += 1
+            return False
+        self.started += 1
+        task = asyncio.ensure_future(self.sender(calls, budget))
+        self.tasks.add(task)
+
+        def done(task: asyncio.Task[list[Any]]) -> None:
+            self.tasks.discard(task)
+            landed(asyncio.CancelledError() if task.cancelled() else task.exception() or task.result())
+
+        task.add_done_callback(done)
+        return True
 
 
-async def test_concurrent_requests_share_one_pipeline_and_each_gets_its_own_replies():
+@pytest.fixture(params=["task", "start", "declined"])
+def batcher(request: pytest.FixtureRequest) -> Iterator[Callable[..., Batcher]]:
+    """Makes a Batcher over a `Sender`, its pipelines leaving the fixture's way; checks at
+    the end that they did leave that way."""
+    made: list[Batcher] = []
+    starters: list[Starter] = []
+
+    def make(sender: Sender, max_copies: int = 100, timeout: float = 5.0) -> Batcher:
+        starter = None if request.param == "task" else Starter(sender, accept=request.param == "start")
+        if starter is not None:
+            starters.append(starter)
+        made.append(Batcher(sender, max_copies=max_copies, timeout=timeout, start=starter))
+        return made[-1]
+
+    yield make
+    for starter in starters:
+        if request.param == "start":
+            assert starter.started and not starter.declined
+        else:
+            assert starter.declined and not starter.started
+
+
+async def test_concurrent_requests_share_one_pipeline_and_each_gets_its_own_replies(batcher):
     sender = Sender()
     b = batcher(sender)
     requests = [[call(f"r{n}-e{e}") for e in range(n % 3 + 1)] for n in range(8)]
@@ -55,7 +105,7 @@ async def test_concurrent_requests_share_one_pipeline_and_each_gets_its_own_repl
     assert (b.pipelines, b.requests) == (1, 8)
 
 
-async def test_an_error_reply_fails_its_request_only():
+async def test_an_error_reply_fails_its_request_only(batcher):
     sender = Sender()
     sender.errors["bad-1"] = RuntimeError("WRONGTYPE Operation against a key holding the wrong kind of value")
     b = batcher(sender)
@@ -68,7 +118,7 @@ async def test_an_error_reply_fails_its_request_only():
     assert isinstance(results[1], OutcomeUnknown) and "WRONGTYPE" in str(results[1])
 
 
-async def test_a_failed_pipeline_fails_each_of_its_requests_with_the_senders_verdict_and_the_next_one_works():
+async def test_a_failed_pipeline_fails_each_of_its_requests_with_the_senders_verdict_and_the_next_one_works(batcher):
     sender = Sender()
     b = batcher(sender)
     for failure in (BrokerUnavailable("cannot connect"), OutcomeUnknown("answer lost")):
@@ -80,7 +130,7 @@ async def test_a_failed_pipeline_fails_each_of_its_requests_with_the_senders_ver
     assert await asyncio.wait_for(b.submit([call("after")], 1), 5) == ["reply:after"]
 
 
-async def test_while_a_pipeline_waits_for_redis_the_next_requests_gather_into_one_pipeline():
+async def test_while_a_pipeline_waits_for_redis_the_next_requests_gather_into_one_pipeline(batcher):
     sender = Sender()
     b = batcher(sender)
     sender.gate.clear()
@@ -97,7 +147,7 @@ async def test_while_a_pipeline_waits_for_redis_the_next_requests_gather_into_on
     assert sender.pipelines == [["first"], [f"later-{n}" for n in range(5)]]
 
 
-async def test_a_pipeline_holds_at_most_max_copies_event_copies():
+async def test_a_pipeline_holds_at_most_max_copies_event_copies(batcher):
     sender = Sender()
     b = batcher(sender, max_copies=10)
     sizes = [4, 4, 4, 10, 1, 6]
@@ -110,7 +160,7 @@ async def test_a_pipeline_holds_at_most_max_copies_event_copies():
     assert sender.pipelines == [["r0", "r1"], ["r2"], ["r3"], ["r4", "r5"]]
 
 
-async def test_a_request_queued_for_a_whole_timeout_is_refused_unsent():
+async def test_a_request_queued_for_a_whole_timeout_is_refused_unsent(batcher):
     sender = Sender()
     b = batcher(sender, timeout=0.2)
     sender.gate.clear()
@@ -127,7 +177,7 @@ async def test_a_request_queued_for_a_whole_timeout_is_refused_unsent():
     assert await stuck == ["reply:stuck"]
 
 
-async def test_a_queued_request_is_sent_with_what_is_left_of_its_timeout():
+async def test_a_queued_request_is_sent_with_what_is_left_of_its_timeout(batcher):
     sender = Sender()
     b = batcher(sender, timeout=5.0)
     sender.gate.clear()
@@ -142,7 +192,7 @@ async def test_a_queued_request_is_sent_with_what_is_left_of_its_timeout():
     assert 4.0 < sender.budgets[1] < 4.85
 
 
-async def test_cancel_cancels_the_waiting_callers():
+async def test_cancel_cancels_the_waiting_callers(batcher):
     sender = Sender()
     b = batcher(sender)
     sender.gate.clear()
@@ -157,7 +207,7 @@ async def test_cancel_cancels_the_waiting_callers():
             await asyncio.wait_for(waiter, 5)
 
 
-async def test_a_request_that_reaches_the_broker_one_loop_iteration_later_joins_the_pipeline():
+async def test_a_request_that_reaches_the_broker_one_loop_iteration_later_joins_the_pipeline(batcher):
     sender = Sender()
     b = batcher(sender)
     first = asyncio.ensure_future(b.submit([call("first")], 1))
