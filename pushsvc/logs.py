@@ -139,11 +139,12 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         entry.update(fields)
         self._add(json.dumps(entry, default=str))
 
-    def write_text(self, logger: logging.Logger, level: int, text: str) -> None:
+    def write_text(self, logger: logging.Logger, level: int, text: str, escaped: bool = False) -> None:
         """A text line (`text` only): the message and its ``key=value`` fields, joined by
-        spaces, as the text formatter joins them (it escapes them here)."""
+        spaces, as the text formatter joins them (it escapes them here, unless the caller
+        did: `escaped`)."""
         msecs = self._clock()
-        if not text.isprintable():  # (`escape_controls` without its call, for most lines)
+        if not escaped and not text.isprintable():  # (`escape_controls` without its call, for most lines)
             text = escape_controls(text)
         self._add(f"{self._local},{msecs:03d} {logging.getLevelName(level)} {logger.name}: {text}")
 

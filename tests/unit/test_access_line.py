@@ -20,6 +20,7 @@ SCOPES: list[dict[str, Any]] = [
     {"client": ("127.0.0.1", 1), "method": "POST", "path": "/publish"},
     {"client": ("203.0.113.9", 0), "method": "GET", "path": "/x\n2026-01-01 INFO forged\x1b[31m\u2028é"},
     {"method": "PUT", "path": "/metrics"},  # no client; a quiet path: DEBUG
+    {"client": ("198.51.100.7\t\x85", 0), "method": "GET\x1b", "path": "/clean"},  # (a forwarded client's text)
 ]
 CREATED = [1764521999.0, 1764521999.9996, 1764522000.05]
 
@@ -42,9 +43,9 @@ def lines(fmt: str, direct: bool, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     for name in ("write_text", "write_fields"):
         original = getattr(logs.LineHandler, name)
 
-        def counted(self: Any, *args: Any, original: Any = original) -> None:
+        def counted(self: Any, *args: Any, original: Any = original, **kwargs: Any) -> None:
             calls.append(1)
-            original(self, *args)
+            original(self, *args, **kwargs)
 
         monkeypatch.setattr(logs.LineHandler, name, counted)
     if not direct:
@@ -133,3 +134,9 @@ def test_no_character_the_escape_rewrites_is_printable():
     controls = [chr(c) for c in range(0x3000) if logs._CONTROLS.match(chr(c))]
     assert len(controls) == 32 + 33 + 2 and not any(c.isprintable() for c in controls)
     assert logs.escape_controls("a\u2028b\x85c\x1b") == "a\\u2028b\\x85c\\x1b"
+
+
+def test_the_direct_lines_duration_is_what_round_gives():
+    # The direct line formats the duration with ``:.1f``; logging's path gets round(x, 1).
+    seconds = [n / 1e7 for n in range(0, 20000)] + [n / 1e4 + 0.00005 for n in range(0, 20000)] + [86400.0, 1e9]
+    assert [f"{s * 1000:.1f}" for s in seconds] == [str(round(s * 1000, 1)) for s in seconds]
