@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .logs import direct_handler, escape_controls, request_id_var
+from .logs import direct_handler, request_id_var
 from .randomness import token_hex32
 
 Scope = MutableMapping[str, Any]
@@ -76,14 +76,6 @@ def forwarded_client(peer: str, header: str | None, networks: tuple[Network, ...
             except ValueError:
                 return peer  # garbage where an address should be: keep what we know
     return hops[0] if hops else peer
-
-
-def _printable(value: object) -> str:
-    """`value` as the access line writes it: `escape_controls`, without its call when the
-    text has nothing to escape."""
-    if type(value) is str and value.isprintable():
-        return value
-    return escape_controls(value)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -155,15 +147,7 @@ class RequestContext:
         method, path = scope.get("method"), scope.get("path")
         handler = direct_handler(access_log, level)
         if handler is not None and handler.text:  # the same line, without logging's generic machinery
-            # Only what the peer chose can hold a control character (the request id is checked
-            # or ours): those parts are escaped here, so the line needs no scan of its own.
-            # (``:.1f`` writes what ``round(x, 1)`` does, for any duration under 10**15 ms.)
-            handler.write_text(
-                access_log, level,
-                f"request request_id={request_id} client={_printable(client)} method={_printable(method)} "
-                f"path={_printable(path)} status={status} duration_ms={seconds * 1000:.1f}",
-                escaped=True,
-            )
+            handler.write_access(access_log, level, request_id, client, method, path, status, seconds)
             return
         duration_ms = round(seconds * 1000, 1)
         fields = {

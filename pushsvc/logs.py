@@ -88,23 +88,45 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-#: Direct lines held at most (then written at once).
-_MOST_PENDING = 256
+#: Direct lines are written together: when this many are waiting, or `FLUSH_SECONDS` after
+#: the first of them, whichever comes first (nginx's ``access_log ... buffer= flush=``, with
+#: bounds fit for one line per request), and always before any other line and at exit.
+FLUSH_LINES = 64
+FLUSH_SECONDS = 0.1
+
+
+def printable(value: object) -> str:
+    """`value` as text on one line (`escape_controls`), without the call when `value` is
+    text with nothing to escape (most of it)."""
+    if type(value) is str and value.isprintable():
+        return value
+    return escape_controls(value)
+
+
+#: An access line not formatted yet: (time.time(), logger, level, request id, client,
+#: method, path, status, seconds).
+_Access = tuple[float, logging.Logger, int, str, object, object, object, int, float]
 
 
 class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler `configure` installs: a StreamHandler that can also write a line built
-    directly from its fields (`write_fields`), exactly as its formatter would format the
-    record -- for the access log's one line per request, without a LogRecord, the filter
-    pass and the generic formatting (about 4x cheaper).  Those lines are written together
-    at the end of the loop iteration (one write for the answers it sent), and always before
-    any line logged after them; `flush` (logging's shutdown calls it) writes what is left."""
+    directly from its fields (`write_fields`, `write_text`, `write_access`), exactly as its
+    formatter would format the record -- for the access log's one line per request,
+    without a LogRecord, the filter pass and the generic formatting.
+
+    Those lines are held and written together, in one write (`FLUSH_LINES`,
+    `FLUSH_SECONDS`), always before any line logged after them; `flush` (logging's
+    shutdown calls it) writes what is left.  An access line (`write_access`) is formatted
+    only then, from its fields and the time it was logged at: formatting the lines in one
+    loop, away from the requests, measured cheaper than formatting each while its request
+    is answered (`docs/performance.md`, single-event ``POST /publish``)."""
 
     def __init__(self) -> None:
         super().__init__()
-        #: Direct lines not written yet: they leave together, one write per loop iteration
-        #: (the answers to a pipeline's requests are sent in one), before any other line.
-        self._pending: list[str] = []
+        #: Direct lines not written yet (text, or an access line's fields).
+        self._pending: list[str | _Access] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     _second = -1
     _local = ""  # the text format's time, to the second (time.localtime)
@@ -115,9 +137,8 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """Its lines are text (`write_text` takes them), not JSON (`write_fields` only)."""
         return type(self.formatter) is not JsonFormatter
 
-    def _clock(self) -> int:
-        """The milliseconds of now; `_local` and `_utc` hold its second."""
-        created = time.time()
+    def _seconds(self, created: float) -> int:
+        """`created`'s milliseconds; `_local` and `_utc` hold its second."""
         second = int(created)
         if second != self._second:
             self._second = second
@@ -131,7 +152,7 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             # escaping them joined is the same (one scan instead of one per field).
             self.write_text(logger, level, " ".join([message, *[f"{k}={v}" for k, v in fields.items()]]))
             return
-        msecs = self._clock()
+        msecs = self._seconds(time.time())
         entry: dict[str, Any] = {
             "ts": f"{self._utc}.{msecs:03d}Z", "level": logging.getLevelName(level).lower(),
             "logger": logger.name, "pid": os.getpid() if logging.logProcesses else None, "msg": message,
@@ -139,35 +160,65 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         entry.update(fields)
         self._add(json.dumps(entry, default=str))
 
-    def write_text(self, logger: logging.Logger, level: int, text: str, escaped: bool = False) -> None:
+    def write_text(self, logger: logging.Logger, level: int, text: str) -> None:
         """A text line (`text` only): the message and its ``key=value`` fields, joined by
-        spaces, as the text formatter joins them (it escapes them here, unless the caller
-        did: `escaped`)."""
-        msecs = self._clock()
-        if not escaped and not text.isprintable():  # (`escape_controls` without its call, for most lines)
+        spaces, as the text formatter joins them (it escapes them here)."""
+        msecs = self._seconds(time.time())
+        if not text.isprintable():  # (`escape_controls` without its call, for most lines)
             text = escape_controls(text)
         self._add(f"{self._local},{msecs:03d} {logging.getLevelName(level)} {logger.name}: {text}")
 
-    def _add(self, line: str) -> None:
+    def write_access(
+        self, logger: logging.Logger, level: int, request_id: str, client: object, method: object,
+        path: object, status: int, seconds: float,
+    ) -> None:
+        """`RequestContext`'s access line (`text` only), as `write_text` would write
+        ``request request_id=.. client=.. method=.. path=.. status=.. duration_ms=..``,
+        formatted when it is written.  `request_id` must be printable (checked or ours)."""
+        self._add((time.time(), logger, level, request_id, client, method, path, status, seconds))
+
+    def _access_line(self, item: _Access) -> str:
+        created, logger, level, request_id, client, method, path, status, seconds = item
+        msecs = self._seconds(created)
+        # Only the peer's parts can hold a control character: each is escaped on its own, so
+        # the line needs no scan.  (``:.1f`` writes what ``round(x, 1)`` does, under 10**15 ms.)
+        return (
+            f"{self._local},{msecs:03d} {logging.getLevelName(level)} {logger.name}: request "
+            f"request_id={request_id} client={printable(client)} method={printable(method)} "
+            f"path={printable(path)} status={status} duration_ms={seconds * 1000:.1f}"
+        )
+
+    def _add(self, line: str | _Access) -> None:
         pending = self._pending
         pending.append(line)
-        if len(pending) == 1:
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no loop: at once
-                self.flush()
-        elif len(pending) >= _MOST_PENDING:
+        if len(pending) >= FLUSH_LINES:
             self.flush()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop: at once
+            self.flush()
+            return
+        if self._timer is None or self._timer_loop is not loop:  # (a timer of a loop gone is not waited for)
+            self._timer = loop.call_later(FLUSH_SECONDS, self._flush_due)
+            self._timer_loop = loop
+
+    def _flush_due(self) -> None:
+        self._timer = None
+        self.flush()
 
     def flush(self) -> None:
         """Write the pending direct lines, in one write, then flush the stream."""
         self.acquire()
         try:
             if self._pending:
-                text = self.terminator.join(self._pending) + self.terminator
-                self._pending.clear()
+                pending, self._pending = self._pending, []
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
                 try:
-                    self.stream.write(text)
+                    lines = [item if type(item) is str else self._access_line(item) for item in pending]  # type: ignore[arg-type]
+                    self.stream.write(self.terminator.join(lines) + self.terminator)
                 except RecursionError:
                     raise
                 except Exception:

@@ -1,7 +1,9 @@
-"""The access log's direct line (`LineHandler.write_text` / `write_fields`, used by `RequestContext` for
-its one line per request) is exactly the line logging would write through the handler and
+"""The access log's direct line (`LineHandler.write_access` / `write_fields`, used by `RequestContext`
+for its one line per request) is exactly the line logging would write through the handler and
 formatter `configure` installs -- text and JSON, escaped fields, DEBUG lines of quiet paths --
-and it is used only when nothing else (a handler, a filter) would see the record."""
+and it is used only when nothing else (a handler, a filter) would see the record.  Direct
+lines are held and written together: `FLUSH_LINES` at once, or `FLUSH_SECONDS` after the
+first, always before any other line and at exit."""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def lines(fmt: str, direct: bool, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     assert isinstance(handler, logs.LineHandler)
     handler.stream = out = io.StringIO()
     calls: list[int] = []
-    for name in ("write_text", "write_fields"):
+    for name in ("write_access", "write_fields"):
         original = getattr(logs.LineHandler, name)
 
         def counted(self: Any, *args: Any, original: Any = original, **kwargs: Any) -> None:
@@ -107,14 +109,24 @@ class Writes(io.StringIO):
         self.unflushed = False
 
 
-async def test_direct_lines_leave_together_at_the_end_of_the_iteration_and_before_any_later_line(configured):
+async def written(out: Writes, writes: int) -> None:
+    async with asyncio.timeout(5):
+        while out.writes < writes:
+            await asyncio.sleep(0.01)
+
+
+async def test_direct_lines_leave_together_within_the_flush_time_and_before_any_later_line(configured):
     logs.configure("text", "INFO")
     handler = logging.getLogger("pushsvc").handlers[0]
     handler.stream = out = Writes()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     for n in range(5):
         RequestContext._log(SCOPES[0], f"r{n}", 202, 0.001)
-    assert out.writes == 0  # held until the loop iteration ends
     await asyncio.sleep(0)
+    assert out.writes == 0  # held
+    await written(out, 1)
+    assert loop.time() - started >= logs.FLUSH_SECONDS * 0.9
     ids = [line.split("request_id=")[1].split()[0] for line in out.getvalue().splitlines()]
     assert out.writes == 1 and not out.unflushed and ids == [f"r{n}" for n in range(5)]
     RequestContext._log(SCOPES[0], "before", 202, 0.001)
@@ -124,13 +136,32 @@ async def test_direct_lines_leave_together_at_the_end_of_the_iteration_and_befor
     RequestContext._log(SCOPES[0], "last", 202, 0.001)
     handler.flush()  # what logging.shutdown() does at exit
     assert "request_id=last" in out.getvalue().splitlines()[-1]
-    for n in range(logs._MOST_PENDING):
+    writes = out.writes
+    for n in range(logs.FLUSH_LINES):
         RequestContext._log(SCOPES[0], f"m{n}", 202, 0.001)
-    assert f"request_id=m{logs._MOST_PENDING - 1}" in out.getvalue().splitlines()[-1]  # a bounded backlog
+    assert out.writes == writes + 1  # a full buffer is written at once
+    assert f"request_id=m{logs.FLUSH_LINES - 1}" in out.getvalue().splitlines()[-1]
+
+
+def test_lines_held_when_a_loop_ended_leave_with_the_next_loops_lines(configured):
+    logs.configure("text", "INFO")
+    handler = logging.getLogger("pushsvc").handlers[0]
+    handler.stream = out = Writes()
+
+    async def log(request_id: str, wait: bool) -> None:
+        RequestContext._log(SCOPES[0], request_id, 202, 0.001)
+        if wait:
+            await written(out, 1)
+
+    asyncio.run(log("first loop", wait=False))  # ends before its flush time
+    assert out.writes == 0
+    asyncio.run(log("second loop", wait=True))  # a timer of its own, not the first loop's
+    assert ["first loop", "second loop"] == [
+        line.split("request_id=")[1].split(" client")[0] for line in out.getvalue().splitlines()]
 
 
 def test_no_character_the_escape_rewrites_is_printable():
-    # `escape_controls` and `write_text` skip the scan for text that `str.isprintable` accepts.
+    # `escape_controls`, `printable` and `write_text` skip the scan for text that `str.isprintable` accepts.
     controls = [chr(c) for c in range(0x3000) if logs._CONTROLS.match(chr(c))]
     assert len(controls) == 32 + 33 + 2 and not any(c.isprintable() for c in controls)
     assert logs.escape_controls("a\u2028b\x85c\x1b") == "a\\u2028b\\x85c\\x1b"
