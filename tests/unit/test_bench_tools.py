@@ -116,3 +116,18 @@ async def test_h2_markers_split_across_data_frames_are_counted_once() -> None:
     assert list(stats.seqs) == [1, 2]
     assert stats.lat_ns == array("q", [900, 800])
     assert stats.dups == 1
+
+
+def test_the_together_table_pools_all_cpu_over_all_requests() -> None:
+    from bench.sse_bench import pool, publish_together_lines
+
+    slices = [  # pushsvc, bare: CPU seconds and requests
+        {"requests": [1000, 1000], "cpu_s": [0.25, 0.20], "cpu_per_request_us": [250.0, 200.0], "ratio": 1.25},
+        {"requests": [3000, 1000], "cpu_s": [0.60, 0.20], "cpu_per_request_us": [200.0, 200.0], "ratio": 1.0},
+    ]
+    pooled = pool(slices)
+    assert pooled["pooled_cpu_per_request_us"] == pytest.approx([212.5, 200.0])  # not the mean of 250 and 200
+    assert pooled["pooled_ratio"] == pytest.approx(1.0625) and pooled["median_ratio"] == pytest.approx(1.125)
+    lines = publish_together_lines({"publish_together": {"slices": slices, **pooled}})
+    assert lines[-1] == "| pooled | 212 | 200 | **1.06** (slices 1.00-1.25, median 1.12) |"
+    assert publish_together_lines({}) == []
