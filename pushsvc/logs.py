@@ -194,14 +194,16 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if len(pending) >= FLUSH_LINES:
             self.flush()
             return
+        if self._timer is not None and self._timer_loop is not None and self._timer_loop.is_running():
+            return  # its timer writes this line too (without asking for the running loop: a getpid)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop: at once
             self.flush()
             return
-        if self._timer is None or self._timer_loop is not loop:  # (a timer of a loop gone is not waited for)
-            self._timer = loop.call_later(FLUSH_SECONDS, self._flush_due)
-            self._timer_loop = loop
+        # (a timer of a loop that stopped is not waited for: this loop sets its own)
+        self._timer = loop.call_later(FLUSH_SECONDS, self._flush_due)
+        self._timer_loop = loop
 
     def _flush_due(self) -> None:
         self._timer = None

@@ -73,16 +73,23 @@ class Batcher:
         self._queue: deque[_Batch] = deque()  # the last one is still filling
         self._sending = 0
         self._scheduled = False
+        #: The loop of its callers (`bind`); else asked for at each request.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         #: Pipelines sent and requests they carried (for tests and the bench).
         self.pipelines = 0
         self.requests = 0
 
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Every request comes from `loop` (the broker's, from its start): `submit` need not
+        ask for the running loop, which costs a system call (getpid) in CPython 3.11."""
+        self._loop = loop
+
     def submit(self, calls: list[Call], copies: int) -> asyncio.Future[list[Any]]:
         """Queues `calls` (one request): a future of their replies, in order, or of
         BrokerUnavailable or OutcomeUnknown.  (A future, not a coroutine: one frame less
         for the request's task to resume through when the replies come.)"""
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         done: asyncio.Future[list[Any]] = loop.create_future()
         batch = self._queue[-1] if self._queue else None
         if batch is None or (batch.requests and batch.copies + copies > self.max_copies):

@@ -449,6 +449,7 @@ class RedisBroker:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self, listener: Listener) -> None:
+        self.batcher.bind(asyncio.get_running_loop())
         self._listener = listener
         self._counter.listener = listener
         self._loop.want([CONTROL_CHANNEL])
