@@ -47,13 +47,23 @@ Landed = Callable[[list[Any] | BaseException], None]
 Starter = Callable[[list[Call], float, Landed], bool]
 
 
+#: One request: its calls, and the future of their replies.
+_Request = tuple[list[Call], asyncio.Future[list[Any]]]
+
+
+def _fail(requests: list[_Request], failure: BaseException) -> None:
+    for _, done in requests:
+        if not done.done():
+            done.set_exception(failure)
+
+
 class _Batch:
     """Requests that will share one pipeline."""
 
     __slots__ = ("copies", "requests", "since")
 
     def __init__(self, since: float) -> None:
-        self.requests: list[tuple[list[Call], asyncio.Future[list[Any]]]] = []
+        self.requests: list[_Request] = []
         self.copies = 0
         self.since = since  # loop time of its first request: its deadline starts there
 
@@ -120,61 +130,60 @@ class Batcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _live(self, batch: _Batch, now: float) -> tuple[list[_Request], float, list[Call]] | None:
+        """`batch`'s requests still waiting, what is left of its budget, and their calls in
+        order; None when none is waiting."""
+        requests = [(calls, done) for calls, done in batch.requests if not done.done()]
+        if not requests:
+            return None
+        calls = requests[0][0] if len(requests) == 1 else [call for mine, _ in requests for call in mine]
+        return requests, self.timeout - (now - batch.since), calls
+
     def _started(self, batch: _Batch, loop: asyncio.AbstractEventLoop) -> bool:
         """`batch` sent by the `Starter` (its answer comes to `_landed`), or nothing to send;
         False: it goes to a task (no connection ready, or its budget is spent)."""
         assert self._start is not None
-        requests = [(calls, done) for calls, done in batch.requests if not done.done()]
-        if not requests:
-            self._sending -= 1
+        live = self._live(batch, loop.time())
+        if live is None:
+            self._finished(batch)
             return True
-        budget = self.timeout - (loop.time() - batch.since)
-        if budget <= 0:
-            return False
-        calls = requests[0][0] if len(requests) == 1 else [call for mine, _ in requests for call in mine]
-        if not self._start(calls, budget, lambda result: self._landed(batch, requests, result)):
+        requests, budget, calls = live
+        if budget <= 0 or not self._start(calls, budget, lambda result: self._landed(batch, requests, result)):
             return False
         self._flying.add(batch)
         return True
 
-    def _landed(
-        self, batch: _Batch, requests: list[tuple[list[Call], asyncio.Future[list[Any]]]],
-        result: list[Any] | BaseException,
-    ) -> None:
+    def _landed(self, batch: _Batch, requests: list[_Request], result: list[Any] | BaseException) -> None:
         self._flying.discard(batch)
         try:
-            if isinstance(result, BaseException):
-                if not isinstance(result, asyncio.CancelledError):  # else: cancelled below
-                    for _, done in requests:
-                        if not done.done():
-                            done.set_exception(result)
-            else:
+            if not isinstance(result, BaseException):
                 self._answer(requests, result)
+            elif not isinstance(result, asyncio.CancelledError):  # (cancelled: by `_finished`)
+                _fail(requests, result)
         finally:
-            for _, done in batch.requests:
-                if not done.done():
-                    done.cancel()
-            self._sending -= 1
-            if self._queue and not self._scheduled:
-                self._flush()
+            self._finished(batch)
+
+    def _finished(self, batch: _Batch) -> None:
+        """`batch` is done with: a request still waiting is cancelled (stop: its caller is
+        cancelled with it), and the next pipeline leaves as this one's answer arrives."""
+        for _, done in batch.requests:
+            if not done.done():
+                done.cancel()
+        self._sending -= 1
+        if self._queue and not self._scheduled:
+            self._flush()
 
     async def _run(self, batch: _Batch) -> None:
         try:
             await self._deliver(batch)
         finally:
-            for _, done in batch.requests:
-                if not done.done():  # cancelled (stop): its callers are cancelled with it
-                    done.cancel()
-            self._sending -= 1
-            if self._queue and not self._scheduled:
-                self._flush()  # the next pipeline leaves as this one's answer arrives
+            self._finished(batch)
 
     async def _deliver(self, batch: _Batch) -> None:
-        requests = [(calls, done) for calls, done in batch.requests if not done.done()]
-        if not requests:
+        live = self._live(batch, asyncio.get_running_loop().time())
+        if live is None:
             return
-        budget = self.timeout - (asyncio.get_running_loop().time() - batch.since)
-        calls = [call for request_calls, _ in requests for call in request_calls]
+        requests, budget, calls = live
         try:
             if budget <= 0:
                 raise BrokerUnavailable(
@@ -183,13 +192,11 @@ class Batcher:
                 )
             replies = await self._send(calls, budget)
         except BrokerUnavailable as failure:
-            for _, done in requests:
-                if not done.done():
-                    done.set_exception(failure)
+            _fail(requests, failure)
             return
         self._answer(requests, replies)
 
-    def _answer(self, requests: list[tuple[list[Call], asyncio.Future[list[Any]]]], replies: list[Any]) -> None:
+    def _answer(self, requests: list[_Request], replies: list[Any]) -> None:
         """Each request its own replies; a request with an error reply fails alone."""
         self.pipelines += 1
         self.requests += len(requests)
